@@ -1,0 +1,6 @@
+#include <cstdio>
+
+int main() {
+  std::puts("toga " TOGA_VERSION);
+  return 0;
+}

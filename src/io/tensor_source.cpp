@@ -1,0 +1,68 @@
+#include "io/tensor_source.h"
+
+#include "util/error.h"
+
+namespace toga {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::F64: return "F64";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+    case DType::I16: return "I16";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
+    case DType::BOOL: return "BOOL";
+    case DType::Q4_0: return "Q4_0";
+    case DType::Q4_1: return "Q4_1";
+    case DType::Q5_0: return "Q5_0";
+    case DType::Q5_1: return "Q5_1";
+    case DType::Q8_0: return "Q8_0";
+    case DType::Q4_K: return "Q4_K";
+    case DType::Q5_K: return "Q5_K";
+    case DType::Q6_K: return "Q6_K";
+    case DType::Q2_K: return "Q2_K";
+    case DType::Q3_K: return "Q3_K";
+    case DType::Q8_K: return "Q8_K";
+  }
+  return "?";
+}
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: case DType::I16: return 2;
+    case DType::F64: case DType::I64: return 8;
+    case DType::I8: case DType::U8: case DType::BOOL: return 1;
+    default: return 0;
+  }
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+bool TensorSource::has(const std::string& name) const {
+  for (const auto& t : tensors())
+    if (t.name == name) return true;
+  return false;
+}
+
+TensorInfo TensorSource::info(const std::string& name) const {
+  for (const auto& t : tensors())
+    if (t.name == name) return t;
+  fail_file(description(), "missing tensor '{}'", name);
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace toga

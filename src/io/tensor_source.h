@@ -1,0 +1,44 @@
+// The seam between checkpoint formats and the model: every format (HF safetensors, GGUF,
+// llama2.c) presents its tensors under Hugging Face Llama names with HF shapes, decodable to fp32.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace toga {
+
+enum class DType { F32, F16, BF16, F64, I8, U8, I16, I32, I64, BOOL,
+                   // GGUF block formats (decoded, never stored raw in a torch tensor)
+                   Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, Q8_K };
+
+const char* dtype_name(DType t);
+// Bytes per element for plain dtypes; 0 for block formats.
+size_t dtype_size(DType t);
+
+struct TensorInfo {
+  std::string name;           // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  DType dtype = DType::F32;   // storage type in the file
+  std::vector<int64_t> shape; // HF (PyTorch) order, row-major: [out, in] for linear weights
+  std::string file;           // the file it lives in, for error messages
+
+  int64_t numel() const;
+};
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual std::vector<TensorInfo> tensors() const = 0;
+  bool has(const std::string& name) const;
+  TensorInfo info(const std::string& name) const;  // throws naming the checkpoint if absent
+  // Decodes the tensor into dst (numel floats, row-major HF layout).
+  virtual void read_f32(const std::string& name, float* dst) const = 0;
+  // Hint that the tensor's storage is no longer needed (lets the loader drop mapped pages).
+  virtual void release(const std::string& /*name*/) const {}
+  virtual std::string description() const = 0;  // e.g. the directory or file loaded
+};
+
+std::string shape_str(const std::vector<int64_t>& shape);
+
+}  // namespace toga
