@@ -66,3 +66,33 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 }  // namespace toga
+
+#include <cstring>
+
+namespace toga {
+
+void MemoryTensorSource::add(const std::string& name, std::vector<int64_t> shape, std::vector<float> values) {
+  TensorInfo info{name, DType::F32, std::move(shape), description_};
+  if (static_cast<int64_t>(values.size()) != info.numel())
+    fail("MemoryTensorSource: tensor '{}' has {} values for shape {}", name, values.size(), shape_str(info.shape));
+  tensors_[name] = {std::move(info), std::move(values)};
+}
+
+std::vector<TensorInfo> MemoryTensorSource::tensors() const {
+  std::vector<TensorInfo> out;
+  for (const auto& [name, t] : tensors_) out.push_back(t.first);
+  return out;
+}
+
+const std::vector<float>& MemoryTensorSource::values(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) fail_file(description_, "missing tensor '{}'", name);
+  return it->second.second;
+}
+
+void MemoryTensorSource::read_f32(const std::string& name, float* dst) const {
+  const auto& v = values(name);
+  std::memcpy(dst, v.data(), v.size() * sizeof(float));
+}
+
+}  // namespace toga

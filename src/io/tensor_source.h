@@ -42,3 +42,25 @@ class TensorSource {
 std::string shape_str(const std::vector<int64_t>& shape);
 
 }  // namespace toga
+
+#include <map>
+
+namespace toga {
+
+// Tensors held in memory as fp32 under HF names: checkpoints built by tests and by compression
+// methods before they are written out.
+class MemoryTensorSource : public TensorSource {
+ public:
+  explicit MemoryTensorSource(std::string description = "<memory>") : description_(std::move(description)) {}
+  void add(const std::string& name, std::vector<int64_t> shape, std::vector<float> values);
+  std::vector<TensorInfo> tensors() const override;
+  void read_f32(const std::string& name, float* dst) const override;
+  std::string description() const override { return description_; }
+  const std::vector<float>& values(const std::string& name) const;
+
+ private:
+  std::string description_;
+  std::map<std::string, std::pair<TensorInfo, std::vector<float>>> tensors_;
+};
+
+}  // namespace toga

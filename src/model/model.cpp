@@ -1,1 +1,207 @@
-#include <torch/torch.h>
+#include "model/model.h"
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace toga {
+
+using torch::indexing::Slice;
+
+torch::Tensor LinearSite::forward(const torch::Tensor& x) const {
+  for (const auto& observe : observers) observe(*this, x);
+  torch::Tensor in = in_perm.defined() ? x.index_select(-1, in_perm) : x;
+  if (input_transform) in = input_transform(in);
+  const torch::Tensor w = weight_transform ? weight_transform(weight) : weight;
+  torch::Tensor y = torch::linear(in, w, bias);
+  if (output_transform) y = output_transform(y);
+  return y;
+}
+
+void LinearSite::clear_attachments() {
+  observers.clear();
+  input_transform = nullptr;
+  weight_transform = nullptr;
+  output_transform = nullptr;
+}
+
+void KVCache::broadcast_batch(int64_t n) {
+  for (auto* list : {&k, &v})
+    for (auto& t : *list) t = t.narrow(0, 0, 1).expand({n, t.size(1), t.size(2), t.size(3)}).contiguous();
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps) {
+  const auto xf = x.to(torch::kFloat32);
+  const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return gain * normed.to(x.scalar_type());
+}
+
+torch::Tensor rope_inverse_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<double> inv(half);
+  for (int64_t i = 0; i < half; ++i) inv[i] = 1.0 / std::pow(c.rope_theta, double(2 * i) / double(c.head_dim));
+  const auto& rs = c.rope_scaling;
+  if (rs.type == "linear") {
+    for (auto& f : inv) f /= rs.factor;
+  } else if (rs.type == "llama3") {
+    // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+    const double old_ctx = rs.original_max_position_embeddings;
+    const double low_wavelen = old_ctx / rs.low_freq_factor;
+    const double high_wavelen = old_ctx / rs.high_freq_factor;
+    for (auto& f : inv) {
+      const double wavelen = 2.0 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = f / rs.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+        f = (1.0 - smooth) * f / rs.factor + smooth * f;
+      }
+    }
+  }
+  std::vector<float> inv32(inv.begin(), inv.end());
+  return torch::tensor(inv32, torch::kFloat32);
+}
+
+static torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+torch::Tensor Model::embed_tokens(const torch::Tensor& ids) const {
+  return torch::embedding(embed, ids.to(embed.device()));
+}
+
+torch::Tensor Model::norm_final(const torch::Tensor& h) const {
+  return rms_norm(h, final_norm, config.rms_norm_eps);
+}
+
+torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t start_pos, KVCache* cache) const {
+  const Block& b = blocks.at(layer);
+  const auto& c = config;
+  const int64_t B = h.size(0), T = h.size(1), nh = c.num_attention_heads, nkv = c.num_key_value_heads,
+                d = c.head_dim, groups = nh / nkv;
+
+  // Attention.
+  const auto x = rms_norm(h, b.attn_norm, c.rms_norm_eps);
+  auto q = b.q.forward(x).view({B, T, nh, d});
+  auto k = b.k.forward(x).view({B, T, nkv, d});
+  auto v = b.v.forward(x).view({B, T, nkv, d});
+  if (c.qk_norm) {
+    q = rms_norm(q, b.q_norm, c.rms_norm_eps);
+    k = rms_norm(k, b.k_norm, c.rms_norm_eps);
+  }
+  q = q.transpose(1, 2);  // [B, nh, T, d]
+  k = k.transpose(1, 2);  // [B, nkv, T, d]
+  v = v.transpose(1, 2);
+
+  // RoPE (rotate halves, HF layout); angles in float32 then cast, as HF does.
+  const auto pos = torch::arange(start_pos, start_pos + T, torch::TensorOptions().dtype(torch::kFloat32).device(h.device()));
+  const auto freqs = torch::outer(pos, rope_inv_freq.to(h.device()));
+  const auto emb = torch::cat({freqs, freqs}, -1);
+  const auto cos = emb.cos().to(q.scalar_type()), sin = emb.sin().to(q.scalar_type());
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+
+  if (kv_transform) {
+    k = kv_transform(k);
+    v = kv_transform(v);
+  }
+  int64_t S = T;
+  if (cache) {
+    if (cache->k.size() != blocks.size()) {
+      cache->k.assign(blocks.size(), torch::Tensor());
+      cache->v.assign(blocks.size(), torch::Tensor());
+    }
+    auto& ck = cache->k[layer];
+    auto& cv = cache->v[layer];
+    const int64_t need = start_pos + T;
+    if (!ck.defined() || ck.size(2) < need || ck.size(0) != B) {
+      const int64_t cap = std::max<int64_t>(need, ck.defined() ? 2 * ck.size(2) : need);
+      auto nk = torch::zeros({B, nkv, cap, d}, k.options());
+      auto nv = torch::zeros({B, nkv, cap, d}, v.options());
+      if (ck.defined() && start_pos > 0) {
+        nk.narrow(2, 0, start_pos).copy_(ck.narrow(2, 0, start_pos).expand({B, nkv, start_pos, d}));
+        nv.narrow(2, 0, start_pos).copy_(cv.narrow(2, 0, start_pos).expand({B, nkv, start_pos, d}));
+      }
+      ck = nk;
+      cv = nv;
+    }
+    ck.narrow(2, start_pos, T).copy_(k);
+    cv.narrow(2, start_pos, T).copy_(v);
+    S = start_pos + T;
+    k = ck.narrow(2, 0, S);
+    v = cv.narrow(2, 0, S);
+  } else if (start_pos != 0) {
+    fail("block_forward: start_pos {} without a cache", start_pos);
+  }
+
+  // Grouped-query attention: query head j reads kv head j / groups.
+  const auto qg = q.reshape({B, nkv, groups, T, d});
+  const auto kg = k.unsqueeze(2);  // [B, nkv, 1, S, d]
+  const auto vg = v.unsqueeze(2);
+  auto scores = torch::matmul(qg, kg.transpose(-1, -2)) * (1.0 / std::sqrt(double(d)));  // [B,nkv,g,T,S]
+  // Query t sits at absolute position start_pos + t and sees keys at positions <= it.
+  const auto qpos = torch::arange(start_pos, start_pos + T, torch::TensorOptions().dtype(torch::kLong).device(h.device())).unsqueeze(1);
+  const auto kpos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(h.device())).unsqueeze(0);
+  auto masked = kpos > qpos;
+  if (c.sliding_window > 0) masked = masked.logical_or(kpos <= qpos - c.sliding_window);
+  scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
+  const auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  auto attn = torch::matmul(probs, vg);  // [B, nkv, g, T, d]
+  attn = attn.reshape({B, nh, T, d}).transpose(1, 2).reshape({B, T, nh * d});
+  auto out = h + b.o.forward(attn);
+
+  // MLP (SwiGLU).
+  const auto y = rms_norm(out, b.mlp_norm, c.rms_norm_eps);
+  const auto act = torch::silu(b.gate.forward(y)) * b.up.forward(y);
+  return out + b.down.forward(act);
+}
+
+torch::Tensor Model::forward_hidden(const torch::Tensor& ids, KVCache* cache) const {
+  if (ids.dim() != 2) fail("forward: token ids must be [batch, seq], got {} dims", ids.dim());
+  const int64_t start = cache ? cache->length : 0;
+  auto h = embed_tokens(ids);
+  for (int i = 0; i < static_cast<int>(blocks.size()); ++i) h = block_forward(i, h, start, cache);
+  if (cache) cache->length = start + ids.size(1);
+  return norm_final(h);
+}
+
+torch::Tensor Model::forward(const torch::Tensor& ids, KVCache* cache) const {
+  return lm_head.forward(forward_hidden(ids, cache));
+}
+
+std::vector<LinearSite*> Model::block_sites() {
+  std::vector<LinearSite*> out;
+  for (auto& b : blocks)
+    for (auto* s : b.sites()) out.push_back(s);
+  return out;
+}
+
+LinearSite& Model::site(const std::string& name) {
+  if (name == lm_head.name) return lm_head;
+  for (auto* s : block_sites())
+    if (s->name == name) return *s;
+  fail("no linear site named '{}'", name);
+}
+
+void Model::clear_attachments() {
+  for (auto* s : block_sites()) s->clear_attachments();
+  lm_head.clear_attachments();
+  kv_transform = nullptr;
+}
+
+torch::Dtype parse_dtype(const std::string& s) {
+  if (s == "fp32" || s == "float32" || s == "f32") return torch::kFloat32;
+  if (s == "bf16" || s == "bfloat16") return torch::kBFloat16;
+  if (s == "fp16" || s == "float16" || s == "f16") return torch::kFloat16;
+  fail("unknown dtype '{}' (use fp32, bf16 or fp16)", s);
+}
+
+std::string dtype_string(torch::Dtype d) {
+  if (d == torch::kFloat32) return "float32";
+  if (d == torch::kBFloat16) return "bfloat16";
+  if (d == torch::kFloat16) return "float16";
+  return "other";
+}
+
+}  // namespace toga

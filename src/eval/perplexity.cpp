@@ -1,0 +1,117 @@
+#include "eval/perplexity.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace toga {
+
+int64_t count_windows(size_t n_tokens, const WindowOptions& opts) {
+  if (opts.seqlen < 2) fail("seqlen must be at least 2, got {}", opts.seqlen);
+  int64_t n = static_cast<int64_t>(n_tokens) / opts.seqlen;
+  if (opts.max_windows > 0) n = std::min<int64_t>(n, opts.max_windows);
+  return n;
+}
+
+static torch::Tensor window_ids(const std::vector<int>& tokens, int64_t w, int seqlen) {
+  std::vector<int64_t> ids(tokens.begin() + w * seqlen, tokens.begin() + (w + 1) * seqlen);
+  return torch::tensor(ids, torch::kLong).unsqueeze(0);
+}
+
+torch::Tensor window_log_probs(const Model& model, const torch::Tensor& ids) {
+  const auto logits = model.forward(ids);
+  return torch::log_softmax(logits[0].to(torch::kFloat32), -1);
+}
+
+PerplexityResult perplexity(const Model& model, const std::vector<int>& tokens, const WindowOptions& opts) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = count_windows(tokens.size(), opts);
+  if (n == 0) fail("text has {} tokens: fewer than one window of seqlen {}", tokens.size(), opts.seqlen);
+  Progress progress("ppl", n, opts.progress);
+  double nll_sum = 0.0;
+  for (int64_t w = 0; w < n; ++w) {
+    const auto ids = window_ids(tokens, w, opts.seqlen);
+    const auto logp = window_log_probs(model, ids);
+    const auto targets = ids[0].slice(0, 1).to(logp.device());
+    const auto nll = -logp.slice(0, 0, opts.seqlen - 1).gather(1, targets.unsqueeze(1)).squeeze(1);
+    nll_sum += nll.to(torch::kFloat64).mean().item<double>();
+    progress.update(w + 1, fmt::format("ppl {:.4f}", std::exp(nll_sum / double(w + 1))), (w + 1) * opts.seqlen);
+  }
+  PerplexityResult r;
+  r.windows = n;
+  r.seqlen = opts.seqlen;
+  r.tokens_total = static_cast<int64_t>(tokens.size());
+  r.tokens_scored = n * (opts.seqlen - 1);
+  r.mean_nll = nll_sum / double(n);
+  r.ppl = std::exp(r.mean_nll);
+  r.seconds = progress.elapsed_seconds();
+  r.tokens_per_second = double(n * opts.seqlen) / std::max(r.seconds, 1e-9);
+  progress.finish(fmt::format("ppl {:.4f}", r.ppl));
+  return r;
+}
+
+KLDResult kl_divergence(const Model& base, const Model& model, const std::vector<int>& tokens,
+                        const WindowOptions& opts) {
+  torch::NoGradGuard no_grad;
+  if (base.config.vocab_size != model.config.vocab_size)
+    fail("kld: vocabularies differ (base {} vs model {})", base.config.vocab_size, model.config.vocab_size);
+  const int64_t n = count_windows(tokens.size(), opts);
+  if (n == 0) fail("text has {} tokens: fewer than one window of seqlen {}", tokens.size(), opts.seqlen);
+  Progress progress("kld", n, opts.progress);
+  std::vector<float> klds;
+  klds.reserve(n * (opts.seqlen - 1));
+  double nll_base = 0, nll_model = 0, kld_sum = 0;
+  int64_t agree = 0;
+  for (int64_t w = 0; w < n; ++w) {
+    const auto ids = window_ids(tokens, w, opts.seqlen);
+    const auto lp = window_log_probs(base, ids).slice(0, 0, opts.seqlen - 1);
+    const auto lq = window_log_probs(model, ids).slice(0, 0, opts.seqlen - 1).to(lp.device());
+    const auto targets = ids[0].slice(0, 1).to(lp.device()).unsqueeze(1);
+    nll_base += -lp.gather(1, targets).to(torch::kFloat64).mean().item<double>();
+    nll_model += -lq.gather(1, targets).to(torch::kFloat64).mean().item<double>();
+    // KL(P_base || Q_model) per position; clamp tiny negative rounding to zero.
+    const auto kld = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0).to(torch::kCPU).contiguous();
+    const float* k = kld.data_ptr<float>();
+    klds.insert(klds.end(), k, k + kld.numel());
+    kld_sum += kld.to(torch::kFloat64).sum().item<double>();
+    agree += (lp.argmax(-1) == lq.argmax(-1)).sum().item<int64_t>();
+    progress.update(w + 1, fmt::format("mean KLD {:.5f}", kld_sum / double(klds.size())), (w + 1) * opts.seqlen);
+  }
+  KLDResult r;
+  r.windows = n;
+  r.seqlen = opts.seqlen;
+  r.tokens_scored = static_cast<int64_t>(klds.size());
+  r.mean_kld = kld_sum / double(klds.size());
+  std::sort(klds.begin(), klds.end());
+  auto quantile = [&](double q) {
+    const double pos = q * double(klds.size() - 1);
+    const size_t lo = static_cast<size_t>(std::floor(pos)), hi = std::min(lo + 1, klds.size() - 1);
+    return double(klds[lo]) + (pos - double(lo)) * double(klds[hi] - klds[lo]);
+  };
+  r.median_kld = quantile(0.5);
+  r.p99_kld = quantile(0.99);
+  r.max_kld = klds.back();
+  r.top1_agreement = double(agree) / double(klds.size());
+  r.base_ppl = std::exp(nll_base / double(n));
+  r.model_ppl = std::exp(nll_model / double(n));
+  r.seconds = progress.elapsed_seconds();
+  progress.finish(fmt::format("mean KLD {:.6f}, top-1 agreement {:.2f}%", r.mean_kld, 100 * r.top1_agreement));
+  return r;
+}
+
+nlohmann::json PerplexityResult::to_json() const {
+  return {{"ppl", ppl},          {"mean_nll", mean_nll},           {"windows", windows},
+          {"seqlen", seqlen},    {"tokens_total", tokens_total},   {"tokens_scored", tokens_scored},
+          {"seconds", seconds},  {"tokens_per_second", tokens_per_second}};
+}
+
+nlohmann::json KLDResult::to_json() const {
+  return {{"mean_kld", mean_kld},     {"median_kld", median_kld}, {"p99_kld", p99_kld},
+          {"max_kld", max_kld},       {"top1_agreement", top1_agreement},
+          {"base_ppl", base_ppl},     {"model_ppl", model_ppl},   {"windows", windows},
+          {"seqlen", seqlen},         {"tokens_scored", tokens_scored}, {"seconds", seconds}};
+}
+
+}  // namespace toga
