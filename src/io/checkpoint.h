@@ -2,12 +2,16 @@
 // not), a GGUF file, or a llama2.c .bin. The result is a config plus tensors under HF names.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "io/model_config.h"
+#include "io/safetensors.h"
 #include "io/tensor_source.h"
 
 namespace toga {
@@ -30,5 +34,23 @@ Checkpoint open_checkpoint(const std::string& path);
 Checkpoint open_hf_checkpoint(const std::string& dir);
 Checkpoint open_gguf_checkpoint(const std::string& path);
 Checkpoint open_llama2c_checkpoint(const std::string& path);
+
+struct HFWriteOptions {
+  // Above this many tensor bytes the weights are split into model-0000i-of-0000N.safetensors
+  // shards plus model.safetensors.index.json (Hugging Face's default is 5 GB).
+  uint64_t max_shard_bytes = 5'000'000'000ULL;
+  // Merged over config.to_hf_json() at the top level (e.g. {"quantization_config": {...}}).
+  nlohmann::json extra_config = nlohmann::json::object();
+  // Further files written into the directory verbatim, name -> content (tokenizer.json, ...).
+  std::map<std::string, std::string> extra_files;
+  // The safetensors __metadata__ of every shard; transformers refuses files without "format".
+  std::map<std::string, std::string> metadata = {{"format", "pt"}};
+};
+
+// Writes a Hugging Face checkpoint directory (config.json, weights, extra files), replacing `dir`
+// atomically as a whole. Tensors are stored in the given order and dtypes, unchecked against the
+// config so that quantized layouts with extra tensors can be written too.
+void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, const std::vector<TensorToWrite>& tensors,
+                         const HFWriteOptions& options = {});
 
 }  // namespace toga

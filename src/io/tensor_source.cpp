@@ -59,6 +59,10 @@ TensorInfo TensorSource::info(const std::string& name) const {
   fail_file(description(), "missing tensor '{}'", name);
 }
 
+std::vector<uint8_t> TensorSource::read_bytes(const std::string& name) const {
+  fail_file(description(), "tensor '{}': this checkpoint format has no raw tensor bytes", name);
+}
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);

@@ -34,6 +34,9 @@ class TensorSource {
   TensorInfo info(const std::string& name) const;  // throws naming the checkpoint if absent
   // Decodes the tensor into dst (numel floats, row-major HF layout).
   virtual void read_f32(const std::string& name, float* dst) const = 0;
+  // The tensor's stored bytes exactly as in the file (integer tensors: packed codes, permutations).
+  // Formats that only decode (GGUF, llama2.c) throw.
+  virtual std::vector<uint8_t> read_bytes(const std::string& name) const;
   // Hint that the tensor's storage is no longer needed (lets the loader drop mapped pages).
   virtual void release(const std::string& /*name*/) const {}
   virtual std::string description() const = 0;  // e.g. the directory or file loaded
