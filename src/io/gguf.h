@@ -10,6 +10,9 @@
 #include <variant>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "io/model_config.h"
 #include "io/tensor_source.h"
 #include "util/mapped_file.h"
 
@@ -28,7 +31,19 @@ struct GGUFValue {
   GGUFType array_type = GGUFType::UINT8;  // element type when type == ARRAY
 
   bool is_array() const { return type == GGUFType::ARRAY; }
+
+  // Builders (the writer and tests use them); integer types keep the value widened as above.
+  static GGUFValue make_int(GGUFType t, int64_t v);     // INT8/16/32/64 (or unsigned, if v >= 0)
+  static GGUFValue make_uint(GGUFType t, uint64_t v);   // UINT8/16/32/64
+  static GGUFValue make_float(GGUFType t, double v);    // FLOAT32/FLOAT64
+  static GGUFValue make_bool(bool v);
+  static GGUFValue make_string(std::string v);
+  static GGUFValue make_array(GGUFType elem, std::vector<GGUFValue> items);
 };
+
+// "uint32", "string", "array[int32]", ...
+std::string gguf_type_name(GGUFType t);
+std::string gguf_value_type_name(const GGUFValue& v);
 
 // ggml tensor types, numbered as in ggml.h.
 enum class GGMLType : uint32_t {
@@ -51,8 +66,12 @@ struct GGMLTypeTraits {
   int64_t block_elems;
   int64_t block_bytes;
 };
+// True for the types dequantize() decodes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+// Q6_K). ggml_type_traits also knows the layout of other ggml types (so files holding them still
+// parse) and throws only for type numbers it does not know.
 bool ggml_type_supported(uint32_t type);
 GGMLTypeTraits ggml_type_traits(GGMLType type);
+std::string ggml_type_name(uint32_t type);  // "Q4_K", or "type 99" when unknown
 
 // Dequantizes n elements (a multiple of the block size) from src to dst.
 void dequantize(GGMLType type, const uint8_t* src, float* dst, int64_t n);
@@ -61,6 +80,7 @@ class GGUFFile {
  public:
   explicit GGUFFile(const std::string& path);
   // Parses from memory without a file (the fuzzer uses this); `where` names the input in errors.
+  // The buffer is not copied: it must outlive the returned object.
   static std::unique_ptr<GGUFFile> parse(const uint8_t* data, size_t size, const std::string& where);
 
   uint32_t version() const { return version_; }
@@ -71,6 +91,8 @@ class GGUFFile {
   const std::map<std::string, GGUFValue>& metadata() const { return metadata_; }
   bool has(const std::string& key) const { return metadata_.count(key) != 0; }
   // Typed getters: a missing key or a wrong type is an error naming the file and the key.
+  // get_int accepts every integer width and signedness (a uint64 above INT64_MAX is an error);
+  // get_float and get_float_array also accept integers; get_int_array any integer element type.
   const GGUFValue& get(const std::string& key) const;
   std::string get_string(const std::string& key) const;
   int64_t get_int(const std::string& key) const;
@@ -85,6 +107,10 @@ class GGUFFile {
   const uint8_t* tensor_data(const GGUFTensorInfo& t) const;
   void read_f32(const GGUFTensorInfo& t, float* dst) const;  // dequantized, ggml order
   void release(const GGUFTensorInfo& t) const;
+
+  // Metadata and tensor table as JSON, for debugging; arrays longer than max_array_items are shown
+  // by type, length and their first items.
+  nlohmann::json to_json(size_t max_array_items = 16) const;
 
  private:
   GGUFFile() = default;
@@ -110,18 +136,34 @@ class GGUFWriter {
   void set_float32(const std::string& key, float v);
   void set_bool(const std::string& key, bool v);
   void set_string_array(const std::string& key, const std::vector<std::string>& v);
-  // Raw, already-encoded tensor bytes of the given type; ne in ggml order.
+  void set_int32(const std::string& key, int32_t v);
+  void set_uint64(const std::string& key, uint64_t v);
+  void set_int32_array(const std::string& key, const std::vector<int32_t>& v);
+  void set_float32_array(const std::string& key, const std::vector<float>& v);
+  // Raw, already-encoded tensor bytes of the given type; ne in ggml order. The byte count must
+  // match the type and shape.
   void add_tensor(const std::string& name, GGMLType type, const std::vector<uint64_t>& ne,
                   std::vector<uint8_t> bytes);
-  void set_alignment(uint32_t a);
+  void set_alignment(uint32_t a);  // also written as general.alignment (uint32)
   void write(const std::string& path) const;  // atomically
   std::vector<uint8_t> to_bytes() const;
 
  private:
+  std::vector<uint8_t> encode_header() const;  // everything up to the (aligned) data section
+
   std::vector<std::pair<std::string, GGUFValue>> kv_;
   struct Pending { std::string name; GGMLType type; std::vector<uint64_t> ne; std::vector<uint8_t> bytes; };
   std::vector<Pending> tensors_;
   uint32_t alignment_ = 32;
 };
+
+// The HF-style configuration a GGUF file describes (architectures llama, qwen2, qwen3), from its
+// `ARCH.*` and `tokenizer.ggml.*` metadata and, where metadata cannot say, its tensor table (biases,
+// tied output, llama3 rope factors). Errors name the file and the key. open_gguf_checkpoint uses it.
+ModelConfig gguf_model_config(const GGUFFile& f);
+
+// The Hugging Face name of a GGUF tensor ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight");
+// empty when the name has no HF counterpart.
+std::string gguf_to_hf_name(const std::string& gguf_name);
 
 }  // namespace toga
