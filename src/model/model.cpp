@@ -153,8 +153,10 @@ torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t st
 
   // MLP (SwiGLU).
   const auto y = rms_norm(out, b.mlp_norm, c.rms_norm_eps);
-  const auto act = torch::silu(b.gate.forward(y)) * b.up.forward(y);
-  return out + b.down.forward(act);
+  // Sites run in a fixed order (gate, then up): observers and early stops rely on it.
+  const auto gate = b.gate.forward(y);
+  const auto up = b.up.forward(y);
+  return out + b.down.forward(torch::silu(gate) * up);
 }
 
 torch::Tensor Model::forward_hidden(const torch::Tensor& ids, KVCache* cache) const {

@@ -1,0 +1,86 @@
+// toga convert: any checkpoint (GGUF, llama2.c, HF) to a complete Hugging Face directory.
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "io/checkpoint.h"
+#include "tokenizer/hf_json.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace fs = std::filesystem;
+
+namespace toga::cli {
+
+namespace {
+
+DType storage_dtype(const std::string& s) {
+  if (s == "fp32" || s == "float32") return DType::F32;
+  if (s == "bf16" || s == "bfloat16") return DType::BF16;
+  if (s == "fp16" || s == "float16") return DType::F16;
+  fail("unknown --dtype '{}' (use fp32, bf16 or fp16)", s);
+}
+
+// Decoded tensor bytes in the requested storage dtype.
+std::vector<uint8_t> encode(const std::vector<float>& v, DType d) {
+  std::vector<uint8_t> out(v.size() * dtype_size(d));
+  if (d == DType::F32) {
+    std::memcpy(out.data(), v.data(), out.size());
+  } else {
+    auto* p = reinterpret_cast<uint16_t*>(out.data());
+    for (size_t i = 0; i < v.size(); ++i) p[i] = d == DType::BF16 ? float_to_bf16(v[i]) : float_to_fp16(v[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_convert(CLI::App& app) {
+  auto* cmd = app.add_subcommand("convert", "write any checkpoint as a Hugging Face directory (safetensors)");
+  struct Opts {
+    std::string input, output, dtype = "fp32", tokenizer;
+    uint64_t shard_mb = 5000;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("input", o->input, "GGUF file, llama2.c .bin or HF directory")->required();
+  cmd->add_option("output", o->output, "output directory (replaced atomically)")->required();
+  cmd->add_option("--dtype", o->dtype, "storage dtype: fp32, bf16, fp16")->capture_default_str();
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer to bundle (default: the model's own)");
+  cmd->add_option("--shard-mb", o->shard_mb, "split weights into shards above this size (MB)")->capture_default_str();
+  cmd->callback([o] {
+    const DType dt = storage_dtype(o->dtype);
+    Checkpoint ck = open_checkpoint(o->input);
+    check_tensors_match_config(*ck.tensors, ck.config);
+    ModelConfig config = ck.config;
+    config.torch_dtype = dt == DType::F32 ? "float32" : dt == DType::BF16 ? "bfloat16" : "float16";
+
+    std::vector<std::vector<uint8_t>> storage;
+    std::vector<TensorToWrite> tensors;
+    for (const auto& [name, shape] : expected_tensors(config)) {
+      const TensorInfo info = ck.tensors->info(name);
+      std::vector<float> v(static_cast<size_t>(info.numel()));
+      ck.tensors->read_f32(name, v.data());
+      ck.tensors->release(name);
+      for (size_t i = 0; i < v.size(); ++i)
+        if (!std::isfinite(v[i]))
+          fail_file(info.file.empty() ? o->input : info.file, "tensor '{}' holds a non-finite value at index {}", name, i);
+      storage.push_back(encode(v, dt));
+      tensors.push_back({name, dt, shape, storage.back().data()});
+    }
+
+    HFWriteOptions wo;
+    wo.max_shard_bytes = o->shard_mb * 1000000ull;
+    wo.extra_files = hf_tokenizer_files(*load_tokenizer(o->input, o->tokenizer));
+    nlohmann::json gen = {{"do_sample", false}};
+    if (config.bos_token_id >= 0) gen["bos_token_id"] = config.bos_token_id;
+    if (!config.eos_token_ids.empty())
+      gen["eos_token_id"] = config.eos_token_ids.size() == 1 ? nlohmann::json(config.eos_token_ids[0])
+                                                             : nlohmann::json(config.eos_token_ids);
+    wo.extra_files["generation_config.json"] = gen.dump(2) + "\n";
+    write_hf_checkpoint(o->output, config, tensors, wo);
+    std::fprintf(stderr, "wrote %s (%zu tensors, %s)\n", o->output.c_str(), tensors.size(), config.torch_dtype.c_str());
+  });
+}
+
+}  // namespace toga::cli

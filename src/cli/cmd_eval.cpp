@@ -1,0 +1,116 @@
+// toga eval ppl | kld: perplexity and KL divergence against a base model over the same windows.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "eval/perplexity.h"
+#include "util/error.h"
+
+namespace toga::cli {
+
+namespace {
+
+struct WindowFlags {
+  std::string dataset = "wikitext2";
+  int seqlen = 2048;
+  int max_windows = 0;
+  std::string json;
+};
+
+void add_window_flags(CLI::App* cmd, WindowFlags& w) {
+  cmd->add_option("--dataset,-d", w.dataset,
+                  "wikitext2 (test, GPTQ protocol), wikitext2-valid, c4, tinystories, or a text file")
+      ->capture_default_str();
+  cmd->add_option("--seqlen", w.seqlen, "window length, capped by the model's context")->capture_default_str();
+  cmd->add_option("--max-windows", w.max_windows, "evaluate only the first N windows (0 = all)");
+  cmd->add_option("--json", w.json, "write the result as JSON here");
+}
+
+WindowOptions window_options(const WindowFlags& w, const ModelConfig& c, const std::string& dataset_name) {
+  WindowOptions opts;
+  opts.seqlen = std::min(w.seqlen, c.max_position_embeddings);
+  opts.max_windows = w.max_windows;
+  // GPTQ's C4 protocol scores the first 256 windows only.
+  if (dataset_name.rfind("c4", 0) == 0 && opts.max_windows == 0) opts.max_windows = 256;
+  if (opts.seqlen != w.seqlen)
+    std::fprintf(stderr, "seqlen %d capped to the model's context %d\n", w.seqlen, opts.seqlen);
+  return opts;
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto* eval = app.add_subcommand("eval", "measure quality: perplexity, KL divergence, zero-shot tasks");
+  eval->require_subcommand(1);
+
+  {
+    auto* cmd = eval->add_subcommand("ppl", "perplexity over non-overlapping windows (GPTQ protocol)");
+    struct Opts {
+      CommonOptions common;
+      WindowFlags w;
+      std::string model;
+    };
+    auto o = std::make_shared<Opts>();
+    cmd->add_option("model", o->model, "model: HF directory, .gguf file, llama2.c .bin")->required();
+    add_window_flags(cmd, o->w);
+    add_common_options(cmd, o->common);
+    cmd->callback([o] {
+      apply_common_options(o->common);
+      auto lm = load_model_and_tokenizer(o->model, o->common);
+      const auto text = load_eval_text(o->w.dataset);
+      const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
+      const auto opts = window_options(o->w, lm.model.config, text.name);
+      const auto r = perplexity(lm.model, tokens, opts);
+      std::printf("| model | data | seqlen | windows | tokens | ppl | tok/s |\n|---|---|---|---|---|---|---|\n");
+      std::printf("| %s | %s | %lld | %lld | %lld | %.4f | %.0f |\n", o->model.c_str(), text.name.c_str(),
+                  (long long)r.seqlen, (long long)r.windows, (long long)r.tokens_total, r.ppl, r.tokens_per_second);
+      if (!o->w.json.empty()) {
+        nlohmann::json j = {{"metric", "perplexity"},
+                            {"model", o->model},
+                            {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
+                            {"result", r.to_json()},
+                            {"run", run_info(o->common)}};
+        write_json(o->w.json, j);
+      }
+    });
+  }
+
+  {
+    auto* cmd = eval->add_subcommand("kld", "KL divergence of a model's next-token distribution from a base model's");
+    struct Opts {
+      CommonOptions common;
+      WindowFlags w;
+      std::string model, base;
+    };
+    auto o = std::make_shared<Opts>();
+    cmd->add_option("model", o->model, "the model to measure")->required();
+    cmd->add_option("--base", o->base, "the reference model (e.g. the uncompressed checkpoint)")->required();
+    add_window_flags(cmd, o->w);
+    add_common_options(cmd, o->common);
+    cmd->callback([o] {
+      apply_common_options(o->common);
+      auto base = load_model_and_tokenizer(o->base, o->common);
+      auto lm = load_model_and_tokenizer(o->model, o->common, /*need_tokenizer=*/false);
+      const auto text = load_eval_text(o->w.dataset);
+      const auto tokens = tokenize_for_eval(*base.tokenizer, text.text);
+      const auto opts = window_options(o->w, base.model.config, text.name);
+      const auto r = kl_divergence(base.model, lm.model, tokens, opts);
+      std::printf("| model | base | data | windows | mean KLD | median KLD | p99 KLD | top-1 agree | ppl | base ppl |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|\n");
+      std::printf("| %s | %s | %s | %lld | %.6f | %.6f | %.6f | %.2f%% | %.4f | %.4f |\n", o->model.c_str(),
+                  o->base.c_str(), text.name.c_str(), (long long)r.windows, r.mean_kld, r.median_kld, r.p99_kld,
+                  100.0 * r.top1_agreement, r.model_ppl, r.base_ppl);
+      if (!o->w.json.empty()) {
+        nlohmann::json j = {{"metric", "kl_divergence"},
+                            {"model", o->model},
+                            {"base", o->base},
+                            {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
+                            {"result", r.to_json()},
+                            {"run", run_info(o->common)}};
+        write_json(o->w.json, j);
+      }
+    });
+  }
+}
+
+}  // namespace toga::cli

@@ -1,0 +1,14 @@
+// One verb per job; each registers its subcommand and flags.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace toga::cli {
+
+void register_generate(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_convert(CLI::App& app);
+void register_info(CLI::App& app);
+void register_quantize(CLI::App& app);
+
+}  // namespace toga::cli

@@ -1,0 +1,96 @@
+#include "cli/common.h"
+
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+
+#include "data/text.h"
+#include "model/threads.h"
+#include "quant/format.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace fs = std::filesystem;
+
+namespace toga::cli {
+
+void add_common_options(CLI::App* cmd, CommonOptions& o) {
+  cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all available cores)");
+  cmd->add_option("--dtype", o.dtype, "compute dtype: fp32 (default), bf16, fp16")->capture_default_str();
+  cmd->add_option("--tokenizer", o.tokenizer, "tokenizer file or directory (default: found beside the model)");
+}
+
+void apply_common_options(const CommonOptions& o) { set_threads(o.threads); }
+
+LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOptions& o, bool need_tokenizer) {
+  LoadedModel lm;
+  lm.path = path;
+  LoadOptions opts;
+  opts.dtype = parse_dtype(o.dtype);
+  const Checkpoint ck = open_checkpoint(path);
+  lm.model = load_any_model(ck, opts);
+  if (need_tokenizer) {
+    lm.tokenizer = load_tokenizer(path, o.tokenizer);
+    if (lm.tokenizer->vocab_size() > lm.model.config.vocab_size)
+      fail_file(lm.tokenizer->source, "tokenizer has {} tokens but the model only {}", lm.tokenizer->vocab_size(),
+                lm.model.config.vocab_size);
+  }
+  return lm;
+}
+
+std::string shared_data_path(const std::string& rel) {
+  std::vector<std::string> roots;
+  if (const char* env = std::getenv("TOGA_DATA")) roots.push_back(env);
+  roots.push_back("../shared/data");
+  roots.push_back(std::string(TOGA_SOURCE_DIR) + "/../shared/data");
+  for (const auto& r : roots)
+    if (fs::exists(r + "/" + rel)) return r + "/" + rel;
+  fail("cannot find shipped data '{}' (looked under $TOGA_DATA, ../shared/data and {}/../shared/data)", rel,
+       TOGA_SOURCE_DIR);
+}
+
+EvalText load_eval_text(const std::string& dataset) {
+  EvalText t;
+  t.name = dataset;
+  if (dataset == "wikitext2" || dataset == "wikitext2-valid") {
+    t.path = shared_data_path(dataset == "wikitext2" ? "text/wikitext-2-raw/wiki.test.raw"
+                                                     : "text/wikitext-2-raw/wiki.valid.raw");
+    t.text = gptq_wikitext_text(t.path);
+    t.protocol = "GPTQ: lines (whitespace-only lines empty) joined with \"\\n\\n\", tokenized once";
+  } else if (dataset == "c4") {
+    t.path = shared_data_path("text/c4/c4-validation-docs.jsonl");
+    t.text = jsonl_text(t.path, "text", " ");
+    t.name = "c4 (shared sample)";
+    t.protocol = "GPTQ C4 procedure on the shared 2000-document sample: documents joined with \" \"";
+  } else if (dataset == "tinystories") {
+    t.path = shared_data_path("text/tinystories/TinyStories-valid-first-1000.txt");
+    t.text = read_text(t.path);
+    t.protocol = "raw file, tokenized once";
+  } else {
+    t.path = dataset;
+    t.text = read_text(dataset);
+    t.protocol = "raw file, tokenized once";
+  }
+  return t;
+}
+
+std::vector<int> tokenize_for_eval(const Tokenizer& tok, const std::string& text) {
+  std::vector<int> ids = tok.encode(text, /*allow_special=*/false);
+  if (tok.add_bos && tok.bos_id >= 0) ids.insert(ids.begin(), tok.bos_id);
+  return ids;
+}
+
+nlohmann::json run_info(const CommonOptions& o) {
+  char when[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return {{"toga_version", TOGA_VERSION}, {"threads", at::get_num_threads()}, {"dtype", o.dtype}, {"date", when}};
+}
+
+void write_json(const std::string& path, const nlohmann::json& j) {
+  write_text_atomically(path, j.dump(2) + "\n");
+  std::fprintf(stderr, "wrote %s\n", path.c_str());
+}
+
+}  // namespace toga::cli

@@ -1,0 +1,56 @@
+// What every verb shares: thread and dtype flags, loading a model and its tokenizer from any path,
+// resolving the shipped data, evaluation text, and JSON results stamped with run information.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace toga::cli {
+
+struct CommonOptions {
+  int threads = 0;  // 0 = all available cores
+  std::string dtype = "fp32";
+  std::string tokenizer;  // override the tokenizer found beside the model
+};
+
+void add_common_options(CLI::App* cmd, CommonOptions& o);
+// Sets threads; call first in every verb.
+void apply_common_options(const CommonOptions& o);
+
+struct LoadedModel {
+  std::string path;
+  Model model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+// Any checkpoint toga reads: HF directory (plain or quantized), GGUF file, llama2.c .bin.
+LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOptions& o, bool need_tokenizer = true);
+
+// A path under the shipped data directory: $TOGA_DATA, else ../shared/data from the working
+// directory, else the one beside the source tree.
+std::string shared_data_path(const std::string& rel);
+
+// Evaluation text by name (wikitext2 = WikiText-2 test with the GPTQ protocol, wikitext2-valid,
+// c4 = the shared C4 validation sample joined with " ", tinystories) or a plain text file.
+struct EvalText {
+  std::string name;  // what the JSON reports
+  std::string path;
+  std::string text;
+  std::string protocol;
+};
+EvalText load_eval_text(const std::string& dataset);
+
+// Tokens of an evaluation text with the model's BOS once at the start when its tokenizer adds one.
+std::vector<int> tokenize_for_eval(const Tokenizer& tok, const std::string& text);
+
+nlohmann::json run_info(const CommonOptions& o);
+// Writes JSON atomically (and prints where).
+void write_json(const std::string& path, const nlohmann::json& j);
+
+}  // namespace toga::cli

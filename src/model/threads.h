@@ -1,0 +1,10 @@
+// Thread settings for libtorch and the BLAS beneath it (libtorch defaults to one thread here).
+#pragma once
+
+namespace toga {
+
+// n <= 0 picks the machine's available cores. Returns the count set.
+int set_threads(int n);
+int available_cores();
+
+}  // namespace toga

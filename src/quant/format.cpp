@@ -1,0 +1,354 @@
+#include "quant/format.h"
+
+#include <cstring>
+#include <set>
+
+#include "util/error.h"
+#include "util/half.h"
+
+namespace toga {
+
+namespace {
+
+nlohmann::json spec_to_json(const QuantSpec& s) {
+  return {{"bits", s.bits},           {"symmetric", s.symmetric},   {"group_size", s.group_size},
+          {"clip_ratio", s.clip_ratio}, {"mse_clip", s.mse_clip}, {"binary_centered", s.binary_centered}};
+}
+
+QuantSpec spec_from_json(const nlohmann::json& j, const std::string& where) {
+  try {
+    QuantSpec s;
+    s.bits = j.at("bits").get<int>();
+    s.symmetric = j.at("symmetric").get<bool>();
+    s.group_size = j.at("group_size").get<int>();
+    s.clip_ratio = j.value("clip_ratio", 1.0);
+    s.mse_clip = j.value("mse_clip", false);
+    s.binary_centered = j.value("binary_centered", false);
+    validate(s);
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(where, "malformed quantizer spec {}: {}", j.dump(), e.what());
+  } catch (const Error& e) {
+    fail_file(where, "invalid quantizer spec {}: {}", j.dump(), e.what());
+  }
+}
+
+std::string hf_prefix(const std::string& site) { return "model." + site; }
+
+// Site names of the block linears, with their HF weight shapes.
+std::map<std::string, std::vector<int64_t>> block_linear_shapes(const ModelConfig& c) {
+  std::map<std::string, std::vector<int64_t>> out;
+  for (const auto& [name, shape] : expected_tensors(c)) {
+    static const std::set<std::string> kinds = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"};
+    const std::string suffix = ".weight";
+    if (name.rfind("model.layers.", 0) != 0 || name.size() < suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string stem = name.substr(0, name.size() - suffix.size());
+    const std::string kind = stem.substr(stem.rfind('.') + 1);
+    if (kinds.count(kind)) out[stem.substr(std::strlen("model."))] = shape;
+  }
+  return out;
+}
+
+std::vector<uint8_t> tensor_bytes(const torch::Tensor& t) {
+  const auto c = t.to(torch::kCPU).contiguous();
+  std::vector<uint8_t> out(c.numel() * c.element_size());
+  if (!out.empty()) std::memcpy(out.data(), c.data_ptr(), out.size());
+  return out;
+}
+
+DType dtype_of(torch::Dtype d) {
+  if (d == torch::kFloat32) return DType::F32;
+  if (d == torch::kBFloat16) return DType::BF16;
+  if (d == torch::kFloat16) return DType::F16;
+  if (d == torch::kUInt8) return DType::U8;
+  if (d == torch::kInt32) return DType::I32;
+  fail("no safetensors dtype for torch dtype {}", c10::toString(d));
+}
+
+torch::Dtype torch_dtype_of(DType d) {
+  switch (d) {
+    case DType::F32: return torch::kFloat32;
+    case DType::BF16: return torch::kBFloat16;
+    case DType::F16: return torch::kFloat16;
+    default: fail("unsupported storage dtype {}", dtype_name(d));
+  }
+}
+
+// A tensor read as stored bytes, checked against the expected dtype and shape.
+torch::Tensor read_stored(const TensorSource& src, const std::string& name, DType dtype,
+                          const std::vector<int64_t>& shape, torch::Dtype torch_dtype) {
+  const TensorInfo info = src.info(name);
+  const std::string where = info.file.empty() ? src.description() : info.file;
+  if (info.dtype != dtype)
+    fail_file(where, "tensor '{}' has dtype {}, expected {}", name, dtype_name(info.dtype), dtype_name(dtype));
+  if (info.shape != shape)
+    fail_file(where, "tensor '{}' has shape {}, expected {}", name, shape_str(info.shape), shape_str(shape));
+  const auto bytes = src.read_bytes(name);
+  auto t = torch::empty(shape, torch_dtype);
+  if (bytes.size() != size_t(t.numel() * t.element_size()))
+    fail_file(where, "tensor '{}' holds {} bytes, expected {}", name, bytes.size(), t.numel() * t.element_size());
+  if (!bytes.empty()) std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+  return t;
+}
+
+// Presents a quantized checkpoint to load_model: each quantized linear's ".weight" is its
+// dequantized matrix in stored (permuted) column order; everything else passes through.
+class DequantizedSource : public TensorSource {
+ public:
+  DequantizedSource(const TensorSource& inner, const std::vector<QuantizedLinear>& linears) : inner_(inner) {
+    for (const auto& q : linears) weights_[hf_prefix(q.site) + ".weight"] = &q;
+  }
+  std::vector<TensorInfo> tensors() const override {
+    std::vector<TensorInfo> out;
+    for (const auto& t : inner_.tensors()) {
+      const auto dot = t.name.rfind('.');
+      const std::string leaf = dot == std::string::npos ? t.name : t.name.substr(dot + 1);
+      if (leaf == "weight_packed" || leaf == "weight_scale" || leaf == "weight_zero_point" || leaf == "input_perm")
+        continue;
+      out.push_back(t);
+    }
+    for (const auto& [name, q] : weights_)
+      out.push_back({name, DType::F32, {q->weight.codes.size(0), q->weight.codes.size(1)}, inner_.description()});
+    return out;
+  }
+  void read_f32(const std::string& name, float* dst) const override {
+    auto it = weights_.find(name);
+    if (it == weights_.end()) return inner_.read_f32(name, dst);
+    const auto w = dequantize(it->second->weight).to(torch::kFloat32).contiguous();
+    std::memcpy(dst, w.data_ptr<float>(), w.numel() * sizeof(float));
+  }
+  void release(const std::string& name) const override {
+    if (!weights_.count(name)) inner_.release(name);
+  }
+  std::string description() const override { return inner_.description(); }
+
+ private:
+  const TensorSource& inner_;
+  std::map<std::string, const QuantizedLinear*> weights_;
+};
+
+}  // namespace
+
+int64_t packed_row_bytes(const std::vector<ColumnGroup>& groups) {
+  int64_t bits = 0;
+  for (const auto& g : groups) bits += (g.col_end - g.col_begin) * g.bits;
+  return (bits + 7) / 8;
+}
+
+static int group_code_min(const ColumnGroup& g) { return g.bits == 1 ? 0 : -(1 << (g.bits - 1)); }
+
+torch::Tensor pack_codes(const QuantizedWeight& w) {
+  const auto codes = w.codes.to(torch::kCPU, torch::kInt8).contiguous();
+  const int64_t rows = codes.size(0), in = codes.size(1), row_bytes = packed_row_bytes(w.groups);
+  auto packed = torch::zeros({rows, row_bytes}, torch::kUInt8);
+  const int8_t* c = codes.data_ptr<int8_t>();
+  uint8_t* p = packed.data_ptr<uint8_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* row = p + r * row_bytes;
+    int64_t bit = 0;
+    for (const auto& g : w.groups) {
+      const int lo = group_code_min(g);
+      for (int64_t col = g.col_begin; col < g.col_end; ++col) {
+        const uint32_t u = static_cast<uint32_t>(c[r * in + col] - lo);
+        for (int b = 0; b < g.bits; ++b, ++bit)
+          if ((u >> b) & 1u) row[bit >> 3] |= static_cast<uint8_t>(1u << (bit & 7));
+      }
+    }
+  }
+  return packed;
+}
+
+torch::Tensor unpack_codes(const torch::Tensor& packed, const std::vector<ColumnGroup>& groups, int64_t in,
+                           const std::string& where) {
+  const int64_t rows = packed.size(0), row_bytes = packed_row_bytes(groups);
+  if (packed.size(1) != row_bytes) fail_file(where, "packed codes have {} bytes per row, expected {}", packed.size(1), row_bytes);
+  auto codes = torch::empty({rows, in}, torch::kInt8);
+  const uint8_t* p = packed.data_ptr<uint8_t>();
+  int8_t* c = codes.data_ptr<int8_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = p + r * row_bytes;
+    int64_t bit = 0;
+    for (const auto& g : groups) {
+      const int lo = group_code_min(g);
+      for (int64_t col = g.col_begin; col < g.col_end; ++col) {
+        uint32_t u = 0;
+        for (int b = 0; b < g.bits; ++b, ++bit) u |= static_cast<uint32_t>((row[bit >> 3] >> (bit & 7)) & 1u) << b;
+        c[r * in + col] = static_cast<int8_t>(static_cast<int>(u) + lo);
+      }
+    }
+  }
+  return codes;
+}
+
+void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizeOptions& opts,
+                               const QuantizationReport& report, DType dtype, const QuantizedCheckpointExtras& extras) {
+  const ModelConfig& c = model.config;
+  const auto shapes = block_linear_shapes(c);
+  std::map<std::string, const QuantizedLinear*> by_prefix;
+  for (const auto& q : report.linears) {
+    if (!shapes.count(q.site)) fail("quantized site '{}' is not a block linear of this model", q.site);
+    by_prefix[hf_prefix(q.site)] = &q;
+  }
+  const torch::Dtype tdt = torch_dtype_of(dtype);
+  std::vector<std::vector<uint8_t>> storage;
+  std::vector<TensorToWrite> tensors;
+  auto add = [&](const std::string& name, const torch::Tensor& t) {
+    storage.push_back(tensor_bytes(t));
+    tensors.push_back({name, dtype_of(t.scalar_type()), t.sizes().vec(), storage.back().data()});
+  };
+  nlohmann::json layers = nlohmann::json::object();
+  for (const auto& [name, shape] : expected_tensors(c)) {
+    const std::string stem = name.substr(0, name.rfind('.'));
+    auto it = by_prefix.find(stem);
+    const bool is_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
+    if (it != by_prefix.end() && is_weight) {
+      const QuantizedLinear& q = *it->second;
+      add(stem + ".weight_packed", pack_codes(q.weight));
+      add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16));
+      add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16));
+      add(stem + ".input_perm", q.perm.to(torch::kInt32));
+      layers[stem] = {{"salient", q.salient},
+                      {"weight_low", spec_to_json(q.weight_low)},
+                      {"weight_high", spec_to_json(q.weight_high)},
+                      {"act_low", spec_to_json(q.act_low)},
+                      {"act_high", spec_to_json(q.act_high)},
+                      {"gptq_loss", q.gptq_loss}};
+      continue;
+    }
+    // Everything else in the requested dtype, read back from the model.
+    torch::Tensor t;
+    if (name == names::embed()) t = model.embed;
+    else if (name == names::final_norm()) t = model.final_norm;
+    else if (name == names::lm_head()) t = model.lm_head.weight;
+    else {
+      const int layer = std::stoi(name.substr(std::strlen("model.layers.")));
+      const Block& b = model.blocks.at(layer);
+      const std::string leaf = name.substr(name.find('.', std::strlen("model.layers.")) + 1);
+      if (leaf == "input_layernorm.weight") t = b.attn_norm;
+      else if (leaf == "post_attention_layernorm.weight") t = b.mlp_norm;
+      else if (leaf == "self_attn.q_norm.weight") t = b.q_norm;
+      else if (leaf == "self_attn.k_norm.weight") t = b.k_norm;
+      else {
+        const std::string site = stem.substr(std::strlen("model."));
+        const LinearSite& s = const_cast<Model&>(model).site(site);
+        if (s.in_perm.defined()) fail("site '{}' is reordered but not in the quantization report", site);
+        t = is_weight ? s.weight : s.bias;
+      }
+    }
+    add(name, t.to(tdt));
+  }
+  nlohmann::json kv = nullptr;
+  if (opts.kv.quantized())
+    kv = {{"num_bits", opts.kv.bits}, {"type", "int"}, {"symmetric", opts.kv.symmetric},
+          {"strategy", "token-head"}, {"group_size", c.head_dim}, {"clip_ratio", opts.kv.clip_ratio}};
+  nlohmann::json qc = {{"quant_method", "toga"},
+                       {"format", "toga-mixed-packed"},
+                       {"format_version", kQuantFormatVersion},
+                       {"method", opts.method},
+                       {"options", opts.to_json()},
+                       {"kv_cache_scheme", kv},
+                       {"ignore", {"lm_head", "model.embed_tokens"}},
+                       {"average_bits", {{"weight_codes", report.weight_bits_codes},
+                                         {"weight_total", report.weight_bits_total},
+                                         {"activations", report.act_bits}}},
+                       {"scheme", scheme_name(report)},
+                       {"base_model", extras.base_model},
+                       {"layers", layers}};
+  ModelConfig out_config = c;
+  out_config.torch_dtype = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : "float16";
+  HFWriteOptions wo;
+  wo.extra_config = {{"quantization_config", qc}};
+  wo.extra_files = extras.files;
+  write_hf_checkpoint(dir, out_config, tensors, wo);
+}
+
+std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
+  const auto& qc = ck.quantization_config;
+  const std::string where = ck.path + "/config.json";
+  if (!qc.is_object()) fail_file(where, "no quantization_config");
+  if (qc.value("quant_method", "") != "toga")
+    fail_file(where, "quantization_config.quant_method is '{}', toga reads only its own format ('toga')",
+              qc.value("quant_method", ""));
+  if (qc.value("format_version", 0) != kQuantFormatVersion)
+    fail_file(where, "quantization format version {} is not supported (this toga reads {})",
+              qc.value("format_version", 0), kQuantFormatVersion);
+  if (!qc.contains("layers") || !qc["layers"].is_object()) fail_file(where, "quantization_config has no 'layers' object");
+  const auto shapes = block_linear_shapes(ck.config);
+  const TensorSource& src = *ck.tensors;
+  std::vector<QuantizedLinear> out;
+  for (const auto& [stem, entry] : qc["layers"].items()) {
+    const std::string site = stem.rfind("model.", 0) == 0 ? stem.substr(6) : stem;
+    auto sh = shapes.find(site);
+    if (sh == shapes.end()) fail_file(where, "quantized layer '{}' is not a linear layer of this model", stem);
+    const int64_t rows = sh->second[0], in = sh->second[1];
+    QuantizedLinear q;
+    q.site = site;
+    try {
+      q.salient = entry.at("salient").get<int64_t>();
+    } catch (const nlohmann::json::exception& e) {
+      fail_file(where, "layer '{}': {}", stem, e.what());
+    }
+    if (q.salient < 0 || q.salient > in) fail_file(where, "layer '{}': salient count {} outside [0, {}]", stem, q.salient, in);
+    const QuantSpec low = q.weight_low = spec_from_json(entry.at("weight_low"), where);
+    const QuantSpec high = q.weight_high = spec_from_json(entry.at("weight_high"), where);
+    q.act_low = spec_from_json(entry.at("act_low"), where);
+    q.act_high = spec_from_json(entry.at("act_high"), where);
+    q.gptq_loss = entry.value("gptq_loss", 0.0);
+    if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
+      fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);
+    q.weight.groups = column_groups(in, q.salient, low, high);
+    const int64_t n_groups = static_cast<int64_t>(q.weight.groups.size());
+    const auto packed = read_stored(src, stem + ".weight_packed", DType::U8, {rows, packed_row_bytes(q.weight.groups)}, torch::kUInt8);
+    const std::string file = src.info(stem + ".weight_packed").file;
+    q.weight.codes = unpack_codes(packed, q.weight.groups, in, file);
+    q.weight.scales = read_stored(src, stem + ".weight_scale", DType::F16, {rows, n_groups}, torch::kFloat16).to(torch::kFloat32);
+    q.weight.zeros = read_stored(src, stem + ".weight_zero_point", DType::F16, {rows, n_groups}, torch::kFloat16).to(torch::kFloat32);
+    if (!torch::isfinite(q.weight.scales).all().item<bool>() || !torch::isfinite(q.weight.zeros).all().item<bool>())
+      fail_file(file, "layer '{}': non-finite scales or zero points", stem);
+    q.perm = read_stored(src, stem + ".input_perm", DType::I32, {in}, torch::kInt32).to(torch::kLong);
+    const auto sorted = std::get<0>(torch::sort(q.perm));
+    if (!torch::equal(sorted, torch::arange(in, torch::kLong)))
+      fail_file(file, "layer '{}': input_perm is not a permutation of 0..{}", stem, in - 1);
+    out.push_back(std::move(q));
+  }
+  return out;
+}
+
+Model load_quantized_model(const Checkpoint& ck, const LoadOptions& opts) {
+  const auto linears = read_quantized_linears(ck);
+  Checkpoint view;
+  view.path = ck.path;
+  view.format = ck.format;
+  view.config = ck.config;
+  view.tensors = std::make_unique<DequantizedSource>(*ck.tensors, linears);
+  Model m = load_model(view, opts);
+  for (const auto& q : linears) {
+    LinearSite& s = m.site(q.site);
+    s.in_perm = q.perm.to(opts.device);
+    if (q.act_low.quantized() || (q.salient > 0 && q.act_high.quantized())) {
+      const QuantSpec low = q.act_low, high = q.act_high;
+      const int64_t k = q.salient;
+      s.input_transform = [low, high, k](const torch::Tensor& x) { return fake_quantize_activation(x, low, high, k); };
+    }
+  }
+  const auto& kv = ck.quantization_config.value("kv_cache_scheme", nlohmann::json());
+  if (kv.is_object()) {
+    QuantSpec spec;
+    spec.bits = kv.value("num_bits", 16);
+    spec.symmetric = kv.value("symmetric", false);
+    spec.clip_ratio = kv.value("clip_ratio", 1.0);
+    validate(spec);
+    attach_kv_quantizer(m, spec);
+  }
+  return m;
+}
+
+Model load_any_model(const Checkpoint& ck, const LoadOptions& opts) {
+  if (ck.quantization_config.is_object()) return load_quantized_model(ck, opts);
+  return load_model(ck, opts);
+}
+
+}  // namespace toga

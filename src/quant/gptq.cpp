@@ -1,0 +1,110 @@
+#include "quant/gptq.h"
+
+#include <algorithm>
+
+#include "util/error.h"
+
+namespace toga {
+
+using torch::Tensor;
+
+GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptions& o) {
+  validate(o.low);
+  validate(o.high);
+  if (w_in.dim() != 2) fail("GPTQ needs a weight [out, in], got {} dims", w_in.dim());
+  const int64_t rows = w_in.size(0), cols = w_in.size(1), n_low = cols - o.k_salient;
+  if (h_in.dim() != 2 || h_in.size(0) != cols || h_in.size(1) != cols)
+    fail("GPTQ Hessian must be [{0}, {0}] for a weight with {0} columns", cols);
+  if (o.block_size < 1) fail("GPTQ block size {} < 1", o.block_size);
+  const std::vector<ColumnGroup> groups = column_groups(cols, o.k_salient, o.low, o.high);
+  for (const auto& g : groups)
+    if (g.bits >= 16) fail("GPTQ cannot leave columns unquantized ({} bits)", g.bits);
+
+  torch::NoGradGuard no_grad;
+  const auto dtype = w_in.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  Tensor W = w_in.detach().to(dtype).clone();
+  Tensor H = h_in.detach().to(W.device(), torch::kDouble).clone();
+
+  // An input that never fired carries no information: pin its curvature and drop its weights.
+  const Tensor dead = H.diagonal() == 0;
+  H.diagonal().masked_fill_(dead, 1.0);
+  W.masked_fill_(dead.unsqueeze(0), 0.0);
+
+  Tensor perm = torch::arange(cols, W.options().dtype(torch::kLong));
+  if (o.act_order && n_low > 1) {
+    // Stable, so ties (dead inputs all have diag 1) keep their order on every device.
+    perm.narrow(0, 0, n_low)
+        .copy_(torch::argsort(H.diagonal().narrow(0, 0, n_low), /*stable=*/true, 0, /*descending=*/true));
+    W = W.index_select(1, perm);
+    H = H.index_select(0, perm).index_select(1, perm);
+  }
+  H.diagonal().add_(o.damp * H.diagonal().mean());
+
+  // Row j of U (upper Cholesky of H^-1) is row j of the inverse Hessian restricted to the columns
+  // not yet quantized, scaled by 1/sqrt of its diagonal: OBS downdating without ever downdating.
+  Tensor U;
+  try {
+    U = torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(H)), /*upper=*/true).to(dtype);
+  } catch (const c10::Error& e) {
+    fail("GPTQ: damped Hessian is not positive definite (raise damp above {}): {}", o.damp, e.what_without_backtrace());
+  }
+
+  // Rows of Wt are W's columns, so every per-column step below touches contiguous memory.
+  Tensor Wt = W.t().contiguous();
+  Tensor codes_t = torch::zeros_like(Wt);
+  Tensor scales = torch::zeros({rows, static_cast<int64_t>(groups.size())}, W.options());
+  Tensor zeros = torch::zeros_like(scales);
+  Tensor loss = torch::zeros({}, W.options().dtype(torch::kDouble));
+  size_t next_group = 0;
+  GroupParams params;  // of the current group, one entry per row
+  const QuantSpec* spec = nullptr;
+
+  for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
+    const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
+    Tensor W1 = Wt.narrow(0, i1, count).clone();
+    Tensor Err1 = torch::zeros_like(W1);
+    const Tensor U1 = U.narrow(0, i1, count).narrow(1, i1, count);
+
+    // Columns [c, end) as [rows, end - c], with the errors of all columns before c applied; those
+    // past this block have only received earlier blocks' errors so far, so this block's are added.
+    auto current = [&](int64_t c, int64_t end) {
+      const Tensor inside = W1.narrow(0, c - i1, std::min(end, i2) - c);
+      if (end <= i2) return inside.t();
+      const Tensor past = Wt.narrow(0, i2, end - i2) -
+                          U.narrow(0, i1, c - i1).narrow(1, i2, end - i2).t().mm(Err1.narrow(0, 0, c - i1));
+      return torch::cat({inside, past}, 0).t();
+    };
+
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t c = i1 + i;
+      if (next_group < groups.size() && groups[next_group].col_begin == c) {
+        spec = c < n_low ? &o.low : &o.high;
+        params = find_params(current(c, groups[next_group].col_end), *spec);
+        params = {params.scale.squeeze(1), params.zero.squeeze(1)};
+        scales.select(1, static_cast<int64_t>(next_group)).copy_(params.scale);
+        zeros.select(1, static_cast<int64_t>(next_group)).copy_(params.zero);
+        ++next_group;
+      }
+      const Tensor w = W1[i];
+      const Tensor code = quantize_codes(w, params, *spec);
+      const Tensor u = U1[i].narrow(0, i, count - i);  // u[0] = d = U_cc
+      Tensor err = Err1[i];
+      torch::sub_out(err, w, params.scale * (code - params.zero)).div_(u[0]);
+      W1.narrow(0, i, count - i).addr_(u, err, 1, -1);
+      codes_t[c].copy_(code);
+    }
+    loss += Err1.square().sum().to(torch::kDouble) / 2;
+    if (i2 < cols) Wt.narrow(0, i2, cols - i2).addmm_(U.narrow(0, i1, count).narrow(1, i2, cols - i2).t(), Err1, 1, -1);
+  }
+
+  GptqResult result;
+  result.weight.codes = codes_t.t().to(torch::kChar).contiguous();
+  result.weight.scales = scales;
+  result.weight.zeros = zeros;
+  result.weight.groups = groups;
+  result.perm = perm;
+  result.loss = loss.item<double>();
+  return result;
+}
+
+}  // namespace toga

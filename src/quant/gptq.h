@@ -1,0 +1,38 @@
+// GPTQ (Frantar et al., IST-DASLab/gptq) with Atom/TOGA mixed-precision partitions: the last
+// k_salient input columns (the salient channels after reordering) use `high`, the rest `low`, and
+// every column, 1-bit ones included, is quantized in one error-compensating pass.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "quant/quantizer.h"
+
+namespace toga {
+
+struct GptqOptions {
+  QuantSpec low;              // columns [0, in - k_salient)
+  QuantSpec high;             // columns [in - k_salient, in)
+  int64_t k_salient = 0;
+  int64_t block_size = 128;   // lazy-batch width; the result does not depend on it (up to rounding)
+  double damp = 0.01;         // fraction of mean(diag H) added to the diagonal
+  bool act_order = false;     // low columns by descending diag(H); salient columns stay last, in order
+};
+
+struct GptqResult {
+  // Columns in processing order: column j is original column perm[j]; groups are contiguous in
+  // this order (exllama style), so dequantize(weight) == Q.index_select(1, perm).
+  QuantizedWeight weight;
+  torch::Tensor perm;  // int64 [in]; the identity without act_order
+  // GPTQ's loss: sum over columns of (w - q)^2 / (2 [H^-1]_jj) along the downdated inverse, which
+  // equals 1/2 tr((W - Q) H_damped (W - Q)^T) for the dead-column-zeroed W.
+  double loss = 0;
+};
+
+// W [out, in]; H [in, in] = (2/N) sum x x^T from the caller. Each quantization group's scale and
+// zero are fitted when the pass reaches its first column, on the columns as updated by the errors
+// of every earlier column (for a per-row partition that is the whole partition: the salient part is
+// fitted after the low part's error has been propagated into it, as in Atom). Float32 updates
+// (float64 for a float64 W); the Cholesky factor of H^-1 is always computed in float64.
+GptqResult gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, const GptqOptions& options);
+
+}  // namespace toga
