@@ -1,15 +1,36 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 #include "util/error.h"
 
-int main(int argc, char** argv) {
-  // libtorch's bf16 elementwise kernels are faster with its AVX-512 build; it reads this once.
+namespace {
+
+// OpenMP reads its wait policy when the runtime loads, before main. Its default spins: when another
+// process shares the cores, two spinning threads made a forward pass up to 10x slower here. So toga
+// re-executes itself once with a passive policy unless the user chose one. libtorch's bf16
+// elementwise kernels are faster with its AVX-512 build, which it picks from the environment too.
+void set_runtime_environment(char** argv) {
+  if (std::getenv("TOGA_ENV_SET")) return;
+  setenv("TOGA_ENV_SET", "1", 1);
+  bool changed = false;
+  if (!std::getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 0);
+    changed = true;
+  }
   if (!std::getenv("ATEN_CPU_CAPABILITY") && __builtin_cpu_supports("avx512f"))
     setenv("ATEN_CPU_CAPABILITY", "avx512", 0);
+  if (changed) execv("/proc/self/exe", argv);  // on failure, carry on as we are
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  set_runtime_environment(argv);
   CLI::App app{"toga: joint structured pruning and mixed-precision quantization of Llama-family models"};
   app.set_version_flag("--version", std::string("toga ") + TOGA_VERSION);
   app.require_subcommand(1);

@@ -1,0 +1,167 @@
+// Every supported checkpoint layout, written by the test and loaded by toga, gives the logits of an
+// independent float64 reference; stories260K reproduces its published greedy sample.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+
+#include "eval/perplexity.h"
+#include "io/checkpoint.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "reference_llama.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/half.h"
+
+using namespace toga;
+using namespace toga::test;
+
+namespace {
+
+// Writes `w` as an HF directory in `dtype` and rounds `w` to what the file holds, so the reference
+// sees the same weights.
+void write_checkpoint(const std::string& dir, const ModelConfig& c, ReferenceWeights& w, DType dtype,
+                      uint64_t shard_bytes) {
+  std::vector<std::vector<uint8_t>> storage;
+  std::vector<TensorToWrite> tensors;
+  for (auto& [name, t] : w.t) {
+    auto& values = t.second;
+    std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (dtype == DType::BF16) {
+        const uint16_t b = float_to_bf16(values[i]);
+        values[i] = bf16_to_float(b);
+        std::memcpy(bytes.data() + 2 * i, &b, 2);
+      } else {
+        std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+      }
+    }
+    storage.push_back(std::move(bytes));
+    tensors.push_back({name, dtype, t.first, storage.back().data()});
+  }
+  HFWriteOptions opts;
+  opts.max_shard_bytes = shard_bytes;
+  write_hf_checkpoint(dir, c, tensors, opts);
+}
+
+double max_abs_diff(const torch::Tensor& logits, const std::vector<Vec>& ref) {
+  const auto l = logits.to(torch::kFloat64).contiguous();
+  const double* p = l.data_ptr<double>();
+  double m = 0;
+  for (size_t t = 0; t < ref.size(); ++t)
+    for (size_t v = 0; v < ref[t].size(); ++v) m = std::max(m, std::abs(p[t * ref[t].size() + v] - ref[t][v]));
+  return m;
+}
+
+}  // namespace
+
+TEST(Checkpoints, EveryLayoutMatchesTheFloat64Reference) {
+  ScratchDir dir;
+  struct Case {
+    std::string name;
+    ModelConfig config;
+  };
+  std::vector<Case> cases;
+  auto llama = tiny_config(Family::Llama);
+  cases.push_back({"llama_gqa_untied", llama});
+  auto tied = llama;
+  tied.tie_word_embeddings = true;
+  cases.push_back({"llama_tied", tied});
+  auto l3 = llama;
+  l3.rope_theta = 500000;
+  l3.rope_scaling.type = "llama3";
+  l3.rope_scaling.factor = 32;
+  l3.rope_scaling.original_max_position_embeddings = 16;
+  cases.push_back({"llama3_rope_scaling", l3});
+  cases.push_back({"mistral", tiny_config(Family::Mistral)});
+  cases.push_back({"qwen2_biases", tiny_config(Family::Qwen2)});
+  cases.push_back({"qwen3_qk_norm", tiny_config(Family::Qwen3)});
+  int seed = 100;
+  for (auto& cs : cases) {
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      for (uint64_t shard : {uint64_t(0) - 1, uint64_t(20000)}) {  // one file, then several shards
+        SCOPED_TRACE(cs.name + (dtype == DType::BF16 ? " bf16" : " fp32") + (shard < 1000000 ? " sharded" : ""));
+        auto w = random_weights(cs.config, ++seed);
+        const std::string path = dir / (cs.name + std::to_string(seed));
+        write_checkpoint(path, cs.config, w, dtype, shard);
+        EXPECT_EQ(std::filesystem::exists(path + "/model.safetensors.index.json"), shard < 1000000);
+        const Checkpoint ck = open_checkpoint(path);
+        EXPECT_EQ(ck.config.architecture, cs.config.architecture);
+        const Model m = load_model(ck);
+        std::vector<int> ids = {3, 17, 5, 60, 2, 9, 33, 41, 7};
+        std::vector<int64_t> ids64(ids.begin(), ids.end());
+        torch::NoGradGuard ng;
+        const auto logits = m.forward(torch::tensor(ids64).unsqueeze(0))[0];
+        EXPECT_LT(max_abs_diff(logits, reference_forward(ck.config, w, ids)), 2e-4);
+      }
+    }
+  }
+}
+
+TEST(Checkpoints, Stories260KReproducesItsPublishedGreedySample) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  // The model card's sample is the ground truth from llama2.c's run.c (temperature 0, 256 steps).
+  const std::string card = read_text_file(shared_path("data/models/stories260K/stories260K.md"));
+  const auto start = card.find("-t 0.0\n");
+  ASSERT_NE(start, std::string::npos);
+  const auto text_begin = start + std::strlen("-t 0.0\n");
+  const std::string expected = card.substr(text_begin, card.find("\n```", text_begin) - text_begin);
+  ASSERT_GT(expected.size(), 500u);
+
+  const Checkpoint ck = open_checkpoint(stories260k_path());
+  const Model m = load_model(ck);
+  const auto tok = load_tokenizer(stories260k_path());
+  SamplingOptions greedy;
+  greedy.max_new_tokens = 256;  // run.c: 256 steps, each one forward and one sampled token
+  greedy.stop_ids = {tok->bos_id};
+  const auto ids = generate(m, {tok->bos_id}, greedy);
+  EXPECT_EQ(tok->decode(ids), expected);
+}
+
+TEST(Checkpoints, ConvertedStories260KHasIdenticalLogits) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string out = dir / "stories-hf";
+  const std::string cmd = std::string(TOGA_CLI) + " convert " + stories260k_path() + " " + out + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const Model a = load_model(open_checkpoint(stories260k_path()));
+  const Model b = load_model(open_checkpoint(out));
+  torch::NoGradGuard ng;
+  const auto ids = torch::randint(512, {2, 64}, torch::kLong);
+  EXPECT_TRUE(torch::equal(a.forward(ids), b.forward(ids)));
+  // The bundled tokenizer encodes like the original.
+  const auto ta = load_tokenizer(stories260k_path()), tb = load_tokenizer(out);
+  const std::string s = "Once upon a time, Lily found a shiny red ball.";
+  EXPECT_EQ(ta->encode(s), tb->encode(s));
+}
+
+TEST(Checkpoints, KLDOfAModelAgainstItselfIsZero) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  const Model m = load_model(open_checkpoint(stories260k_path()));
+  std::vector<int> tokens(4 * 128);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919) % 512);
+  WindowOptions w;
+  w.seqlen = 128;
+  w.progress = false;
+  const auto r = kl_divergence(m, m, tokens, w);
+  EXPECT_EQ(r.mean_kld, 0.0);
+  EXPECT_EQ(r.p99_kld, 0.0);
+  EXPECT_EQ(r.top1_agreement, 1.0);
+  EXPECT_EQ(r.tokens_scored, 4 * 127);
+  EXPECT_DOUBLE_EQ(r.base_ppl, r.model_ppl);
+  // And perplexity over the same windows is exp(mean NLL) computed by hand.
+  const auto p = perplexity(m, tokens, w);
+  double nll = 0;
+  torch::NoGradGuard ng;
+  for (int win = 0; win < 4; ++win) {
+    std::vector<int64_t> ids(tokens.begin() + win * 128, tokens.begin() + (win + 1) * 128);
+    const auto lp = torch::log_softmax(m.forward(torch::tensor(ids).unsqueeze(0))[0].to(torch::kFloat64), -1);
+    double s = 0;
+    for (int t = 0; t < 127; ++t) s -= lp[t][ids[t + 1]].item<double>();
+    nll += s / 127;
+  }
+  EXPECT_NEAR(p.ppl, std::exp(nll / 4), 1e-4 * p.ppl);
+}
