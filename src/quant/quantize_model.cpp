@@ -38,9 +38,7 @@ QuantizedLinear quantize_site(const LinearSite& s, const SiteStatistics* st, con
   q.perm = torch::arange(in, torch::TensorOptions().dtype(torch::kLong).device(dev));
   if (o.reorder) {
     if (!st) fail("reordering '{}' needs calibration statistics", s.name);
-    // Ascending mean |x|: the most salient channels end up last (Atom). A stable sort keeps sites
-    // that read the same input (q/k/v, gate/up) on the same permutation.
-    q.perm = std::get<1>(torch::sort(st->mean_abs().to(dev), /*stable=*/true, /*dim=*/0, /*descending=*/false));
+    q.perm = salience_order(st->mean_abs()).to(dev);
   }
   const auto w = s.weight.to(torch::kFloat32).index_select(1, q.perm);
   if (o.method == "gptq") {
@@ -105,6 +103,18 @@ class StopAfter {
 };
 
 }  // namespace
+
+torch::Tensor salience_order(const torch::Tensor& mean_abs) {
+  // A stable sort keeps sites that read the same input (q/k/v, gate/up) on the same permutation,
+  // which the runtime needs to fuse the reorder into the producer.
+  return std::get<1>(torch::sort(mean_abs, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+}
+
+void permute_site_inputs(LinearSite& site, const torch::Tensor& perm) {
+  if (site.in_perm.defined()) fail("site '{}' is already reordered", site.name);
+  site.weight = site.weight.index_select(1, perm.to(site.weight.device())).contiguous();
+  site.in_perm = perm.to(site.weight.device());
+}
 
 nlohmann::json QuantizeOptions::to_json() const {
   nlohmann::json counts = nlohmann::json::object();

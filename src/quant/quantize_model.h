@@ -59,6 +59,12 @@ struct QuantizationReport {
 // calibration: [n, seqlen] token windows (may be undefined when !needs_calibration()).
 QuantizationReport quantize_model(Model& model, const QuantizeOptions& opts, const torch::Tensor& calibration);
 
+// Atom's channel order: ascending mean |x| (stable), so the most salient channels come last.
+torch::Tensor salience_order(const torch::Tensor& mean_abs);
+// Reorders a site's input channels: columns of the weight permuted, the forward gathers x[..., perm].
+// The function the site computes is unchanged.
+void permute_site_inputs(LinearSite& site, const torch::Tensor& perm);
+
 // Puts a quantized linear into the model: dequantized weight, permutation, activation quantizer.
 void attach_quantized_linear(Model& model, const QuantizedLinear& q);
 // KV-cache fake quantization on new keys and values (per token and head).
