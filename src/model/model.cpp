@@ -135,19 +135,32 @@ torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t st
     fail("block_forward: start_pos {} without a cache", start_pos);
   }
 
-  // Grouped-query attention: query head j reads kv head j / groups.
+  // Grouped-query attention: query head j reads kv head j / groups. Queries go in chunks so that
+  // the score matrix stays small (a few MB) and is reused by the allocator instead of page-faulting
+  // in a fresh [T, S] block per layer; each chunk reads only the keys it can see.
   const auto qg = q.reshape({B, nkv, groups, T, d});
   const auto kg = k.unsqueeze(2);  // [B, nkv, 1, S, d]
   const auto vg = v.unsqueeze(2);
-  auto scores = torch::matmul(qg, kg.transpose(-1, -2)) * (1.0 / std::sqrt(double(d)));  // [B,nkv,g,T,S]
-  // Query t sits at absolute position start_pos + t and sees keys at positions <= it.
-  const auto qpos = torch::arange(start_pos, start_pos + T, torch::TensorOptions().dtype(torch::kLong).device(h.device())).unsqueeze(1);
-  const auto kpos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kLong).device(h.device())).unsqueeze(0);
-  auto masked = kpos > qpos;
-  if (c.sliding_window > 0) masked = masked.logical_or(kpos <= qpos - c.sliding_window);
-  scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
-  const auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
-  auto attn = torch::matmul(probs, vg);  // [B, nkv, g, T, d]
+  const double scale = 1.0 / std::sqrt(double(d));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(2) << 20) / std::max<int64_t>(1, B * nh * S)));
+  const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(h.device());
+  std::vector<torch::Tensor> outs;
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t tn = std::min(chunk, T - t0);
+    const int64_t visible = start_pos + t0 + tn;  // keys at positions < visible can be seen
+    const int64_t first = c.sliding_window > 0 ? std::max<int64_t>(0, start_pos + t0 - c.sliding_window + 1) : 0;
+    const auto kc = kg.narrow(3, first, visible - first), vc = vg.narrow(3, first, visible - first);
+    auto scores = torch::matmul(qg.narrow(3, t0, tn), kc.transpose(-1, -2)) * scale;  // [B,nkv,g,tn,keys]
+    // Query t sits at absolute position start_pos + t and sees keys at positions <= it.
+    const auto qpos = torch::arange(start_pos + t0, start_pos + t0 + tn, long_opts).unsqueeze(1);
+    const auto kpos = torch::arange(first, visible, long_opts).unsqueeze(0);
+    auto masked = kpos > qpos;
+    if (c.sliding_window > 0) masked = masked.logical_or(kpos <= qpos - c.sliding_window);
+    scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
+    const auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+    outs.push_back(torch::matmul(probs, vc));  // [B, nkv, g, tn, d]
+  }
+  auto attn = outs.size() == 1 ? outs[0] : torch::cat(outs, 3);
   attn = attn.reshape({B, nh, T, d}).transpose(1, 2).reshape({B, T, nh * d});
   auto out = h + b.o.forward(attn);
 

@@ -204,3 +204,21 @@ TEST(Generate, GreedyIsDeterministicAndSeededSamplingReproduces) {
   s.seed = 42;
   EXPECT_NE(generate(m, {1}, s), other);
 }
+
+TEST(Forward, LongSequencesThroughChunkedAttentionMatchReference) {
+  // 2 x 1100 tokens make the attention run in several query chunks (and the sliding window of
+  // Mistral cut keys inside chunks).
+  for (Family f : {Family::Llama, Family::Mistral}) {
+    auto c = tiny_config(f);
+    c.max_position_embeddings = 2048;
+    const auto w = random_weights(c, 31);
+    const Model m = build(c, w);
+    const auto ids = random_ids(1100, c.vocab_size, 8);
+    std::vector<int64_t> ids64(ids.begin(), ids.end());
+    torch::NoGradGuard ng;
+    const auto batch = torch::tensor(ids64).unsqueeze(0).expand({2, 1100}).contiguous();
+    const auto logits = m.forward(batch);
+    const auto ref = reference_forward(c, w, ids);
+    EXPECT_LT(max_abs_diff(logits[1], ref), 5e-4) << family_name(f);
+  }
+}
