@@ -22,7 +22,7 @@ struct QuantizeFlags {
   CommonOptions common;
   std::string model, output;
   std::string method = "rtn";
-  int wbits = 4, abits = 16, high_bits = 8, kv_bits = 16;
+  int wbits = 4, abits = 16, high_bits = 8;
   int group_size = 0, act_group_size = 0;
   bool asymmetric = false, act_asymmetric = false;
   double salient_frac = 0.0;
@@ -59,17 +59,23 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f) {
   o.weight_high = {f.high_bits, true, 0};
   o.act_low = {f.abits, !f.act_asymmetric, f.act_group_size, f.act_clip};
   o.act_high = {f.abits >= 16 ? 16 : f.high_bits, true, 0};
-  o.kv = {f.kv_bits, false, 0};
+  o.kv = {f.common.kv_bits == 0 ? 16 : f.common.kv_bits, false, 0};  // --kv-bits: stored in the checkpoint
   o.salient_fraction = f.salient_frac;
   if (!f.salient_counts.empty()) o.salient_counts = read_salient_counts(f.salient_counts);
   o.reorder = !f.no_reorder && (f.salient_frac > 0 || !o.salient_counts.empty());
   o.act_order = f.act_order;
   if (f.method == "atom") {
-    // Atom (RECIPES.md): reorder by mean |x|, salient INT8, INT4 weights and activations in groups
-    // of 128 (weight clip 0.85, activation clip 0.9), GPTQ, KV4. Explicit flags still apply below.
+    // Atom (RECIPES.md): reorder by mean |x|, 12.5% salient INT8, INT4 weights and activations in
+    // groups of 128 (weight clip 0.85, activation clip 0.9), GPTQ, KV4 — wherever the user kept
+    // toga's generic defaults.
     o.method = "gptq";
     o.reorder = true;
     if (f.salient_frac == 0 && o.salient_counts.empty()) o.salient_fraction = 0.125;
+    if (f.group_size == 0) o.weight_low.group_size = 128;
+    if (f.weight_clip == 1.0) o.weight_low.clip_ratio = 0.85;
+    if (f.abits < 16 && f.act_group_size == 0) o.act_low.group_size = 128;
+    if (f.abits < 16 && f.act_clip == 1.0) o.act_low.clip_ratio = 0.9;
+    if (f.common.kv_bits == 0) o.kv.bits = 4;
   }
   if (o.method != "rtn" && o.method != "gptq") fail("--method must be rtn, gptq or atom, got '{}'", f.method);
   return o;
@@ -86,7 +92,6 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--wbits", f->wbits, "weight bits of the low-precision part (1 = binarization)")->capture_default_str();
   cmd->add_option("--abits", f->abits, "activation bits (16 = weight-only)")->capture_default_str();
   cmd->add_option("--high-bits", f->high_bits, "bits of the salient channels (weights and activations)")->capture_default_str();
-  cmd->add_option("--kv-bits", f->kv_bits, "KV-cache bits, asymmetric per token and head (16 = none)")->capture_default_str();
   cmd->add_option("--group-size", f->group_size, "weight group size (0 = per output channel)")->capture_default_str();
   cmd->add_option("--act-group-size", f->act_group_size, "activation group size (0 = per token)")->capture_default_str();
   cmd->add_flag("--asym", f->asymmetric, "asymmetric weight quantization (default symmetric)");
@@ -109,13 +114,6 @@ void register_quantize(CLI::App& app) {
   cmd->callback([f] {
     apply_common_options(f->common);
     QuantizeOptions opts = options_from_flags(*f);
-    if (f->method == "atom") {
-      // Atom's defaults where the user kept toga's generic ones.
-      if (f->group_size == 0) opts.weight_low.group_size = 128;
-      if (f->weight_clip == 1.0) opts.weight_low.clip_ratio = 0.85;
-      if (f->abits < 16 && f->act_group_size == 0) opts.act_low.group_size = 128;
-      if (f->abits < 16 && f->act_clip == 1.0) opts.act_low.clip_ratio = 0.9;
-    }
     auto lm = load_model_and_tokenizer(f->model, f->common);
     torch::Tensor calib;
     int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);
@@ -139,7 +137,7 @@ void register_quantize(CLI::App& app) {
     std::printf("| scheme | method | weight bits (codes) | weight bits (with scales) | act bits | KV bits | time |\n"
                 "|---|---|---|---|---|---|---|\n| %s | %s | %.3f | %.3f | %.3f | %d | %.1fs |\n",
                 scheme_name(report).c_str(), f->method.c_str(), report.weight_bits_codes, report.weight_bits_total,
-                report.act_bits, f->kv_bits, report.seconds);
+                report.act_bits, opts.kv.bits, report.seconds);
     if (!f->report_json.empty()) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& q : report.linears)

@@ -19,6 +19,9 @@ void add_common_options(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all available cores)");
   cmd->add_option("--dtype", o.dtype, "compute dtype: fp32 (default), bf16, fp16")->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer file or directory (default: found beside the model)");
+  cmd->add_option("--kv-bits", o.kv_bits,
+                  "override KV-cache quantization: 16 = none, 2..8 = asymmetric per token and head (default: "
+                  "as the checkpoint says)");
 }
 
 void apply_common_options(const CommonOptions& o) { set_threads(o.threads); }
@@ -30,6 +33,11 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOption
   opts.dtype = parse_dtype(o.dtype);
   const Checkpoint ck = open_checkpoint(path);
   lm.model = load_any_model(ck, opts);
+  if (o.kv_bits != 0) {
+    QuantSpec kv{o.kv_bits, false, 0};
+    validate(kv);
+    attach_kv_quantizer(lm.model, kv);
+  }
   if (need_tokenizer) {
     lm.tokenizer = load_tokenizer(path, o.tokenizer);
     if (lm.tokenizer->vocab_size() > lm.model.config.vocab_size)

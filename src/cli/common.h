@@ -17,6 +17,7 @@ struct CommonOptions {
   int threads = 0;  // 0 = all available cores
   std::string dtype = "fp32";
   std::string tokenizer;  // override the tokenizer found beside the model
+  int kv_bits = 0;        // 0: as the checkpoint says; 16: unquantized; 2..8: fake-quantize the KV cache
 };
 
 void add_common_options(CLI::App* cmd, CommonOptions& o);
