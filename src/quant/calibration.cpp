@@ -28,13 +28,29 @@ torch::Tensor SiteStatistics::hessian() const {
   return xtx * (2.0 / double(std::max<int64_t>(rows, 1)));
 }
 
-StatisticsCollector::StatisticsCollector(std::vector<LinearSite*> sites, bool with_hessian)
-    : sites_(std::move(sites)), stats_(std::make_shared<std::map<std::string, SiteStatistics>>()),
-      with_hessian_(with_hessian) {
+static std::vector<std::vector<LinearSite*>> singletons(const std::vector<LinearSite*>& sites) {
+  std::vector<std::vector<LinearSite*>> groups;
+  for (auto* s : sites) groups.push_back({s});
+  return groups;
+}
+
+StatisticsCollector::StatisticsCollector(const std::vector<LinearSite*>& sites, bool with_hessian)
+    : StatisticsCollector(singletons(sites), with_hessian) {}
+
+StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> groups, bool with_hessian)
+    : stats_(std::make_shared<std::map<std::string, SiteStatistics>>()), with_hessian_(with_hessian) {
   auto stats = stats_;
   const bool hess = with_hessian_;
-  for (auto* s : sites_) {
-    s->observers.push_back([stats, hess](const LinearSite& site, const torch::Tensor& x) {
+  for (const auto& group : groups) {
+    if (group.empty()) continue;
+    LinearSite* first = group.front();
+    for (auto* s : group) {
+      if (s->in_features() != first->in_features())
+        fail("sites '{}' and '{}' cannot share an input: widths differ", s->name, first->name);
+      alias_[s->name] = first->name;
+    }
+    observed_.push_back(first);
+    first->observers.push_back([stats, hess](const LinearSite& site, const torch::Tensor& x) {
       torch::NoGradGuard ng;
       const auto x2 = x.detach().reshape({-1, x.size(-1)}).to(torch::kFloat32);
       auto& st = (*stats)[site.name];
@@ -54,14 +70,15 @@ StatisticsCollector::~StatisticsCollector() { detach(); }
 
 void StatisticsCollector::detach() {
   if (!attached_) return;
-  // Our observer is the last one each site received.
-  for (auto* s : sites_)
+  // Our observer is the last one each observed site received.
+  for (auto* s : observed_)
     if (!s->observers.empty()) s->observers.pop_back();
   attached_ = false;
 }
 
 const SiteStatistics& StatisticsCollector::at(const std::string& site) const {
-  auto it = stats_->find(site);
+  auto a = alias_.find(site);
+  auto it = a == alias_.end() ? stats_->end() : stats_->find(a->second);
   if (it == stats_->end()) fail("no calibration statistics for site '{}' (was it reached?)", site);
   return it->second;
 }

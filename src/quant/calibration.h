@@ -25,11 +25,13 @@ struct SiteStatistics {
   torch::Tensor hessian() const;   // (2/N) sum x x^T in float64, as GPTQ defines it
 };
 
-// Attaches observers to sites and accumulates their statistics until detached. Sites reading the
-// same input (q/k/v, gate/up) each keep their own copy: they are identical.
+// Attaches observers to sites and accumulates their statistics until detached. Sites that read the
+// same input (q/k/v, gate/up) are given as one group: observed once, their statistics shared.
 class StatisticsCollector {
  public:
-  StatisticsCollector(std::vector<LinearSite*> sites, bool with_hessian);
+  StatisticsCollector(std::vector<std::vector<LinearSite*>> shared_input_groups, bool with_hessian);
+  // Every site its own group.
+  StatisticsCollector(const std::vector<LinearSite*>& sites, bool with_hessian);
   ~StatisticsCollector();  // detaches
   StatisticsCollector(const StatisticsCollector&) = delete;
   StatisticsCollector& operator=(const StatisticsCollector&) = delete;
@@ -38,8 +40,9 @@ class StatisticsCollector {
   void detach();
 
  private:
-  std::vector<LinearSite*> sites_;
+  std::vector<LinearSite*> observed_;  // the first site of each group carries the observer
   std::shared_ptr<std::map<std::string, SiteStatistics>> stats_;
+  std::map<std::string, std::string> alias_;  // site -> the observed site of its group
   bool with_hessian_;
   bool attached_ = false;
 };

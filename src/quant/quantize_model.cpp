@@ -183,12 +183,16 @@ QuantizationReport quantize_model(Model& m, const QuantizeOptions& o, const torc
     const bool hessian = o.method == "gptq";
     for (int l = 0; l < m.config.num_hidden_layers; ++l) {
       Block& b = m.blocks[l];
-      std::vector<std::vector<LinearSite*>> groups;
-      if (hessian && o.true_sequential) groups = {{&b.q, &b.k, &b.v}, {&b.o}, {&b.gate, &b.up}, {&b.down}};
-      else groups = {b.sites()};
+      // Sites that read the same input: observed once, statistics shared.
+      const std::vector<std::vector<LinearSite*>> inputs = {{&b.q, &b.k, &b.v}, {&b.o}, {&b.gate, &b.up}, {&b.down}};
+      std::vector<std::vector<std::vector<LinearSite*>>> passes;  // true sequential: one pass per input
+      if (hessian && o.true_sequential) for (const auto& in : inputs) passes.push_back({in});
+      else passes.push_back(inputs);
       double loss = 0;
-      for (const auto& group : groups) {
-        StatisticsCollector stats(group, hessian);
+      for (const auto& pass : passes) {
+        std::vector<LinearSite*> group;
+        for (const auto& in : pass) group.insert(group.end(), in.begin(), in.end());
+        StatisticsCollector stats(pass, hessian);
         {
           StopAfter stop(group);
           run_block(m, l, hidden, /*keep_outputs=*/false);
