@@ -32,7 +32,7 @@ struct QuantizeOptions {
   bool true_sequential = true;  // q/k/v, then o, then gate/up, then down, re-collecting inputs
   bool progress = true;
 
-  bool needs_calibration() const { return method == "gptq" || reorder || act_low.quantized(); }
+  bool needs_calibration() const { return method == "gptq" || reorder; }
   nlohmann::json to_json() const;
 };
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The main job on the shipped data, bounded to a few minutes on 2 cores: SmolLM2-135M-Instruct
+# (GGUF) answers a question, its WikiText-2 perplexity on a slice, then an Atom-style W4A4 model
+# (12.5% INT8 salient channels, reorder, GPTQ, KV4) and its before/after numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOGA=build/toga
+MODEL=../shared/data/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+OUT=out/demo
+mkdir -p "$OUT"
+
+echo "== chat (greedy) =="
+$TOGA generate "$MODEL" --chat "What is the capital of France?" -n 64
+
+echo "== FP perplexity, WikiText-2 test, first 8 windows of 2048 =="
+$TOGA eval ppl "$MODEL" --max-windows 8 --json "$OUT/fp.ppl.json"
+
+echo "== compress: W4A4 + 12.5% INT8 salient + GPTQ + KV4 (Atom recipe), 8 calibration windows =="
+$TOGA quantize "$MODEL" "$OUT/w4a4-atom" --method atom --wbits 4 --abits 4 --calib 8 --report "$OUT/quantize.json"
+
+echo "== compressed perplexity and KL divergence against the FP model =="
+$TOGA eval ppl "$OUT/w4a4-atom" --max-windows 8 --json "$OUT/w4a4.ppl.json"
+$TOGA eval kld "$OUT/w4a4-atom" --base "$MODEL" --max-windows 4 --json "$OUT/w4a4.kld.json"
+
+echo "== compressed model answers =="
+$TOGA generate "$OUT/w4a4-atom" --chat "What is the capital of France?" -n 64
+echo "results in $OUT/"

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Quantization results table (docs/RESULTS.md): every configuration of the quantization-engine
+issue on stories260K and SmolLM2-135M, each with and without a 4-bit KV cache, plus the ablation
+ladder of the TOGA paper's Table 3. Runs `toga quantize`, `toga eval ppl` and `toga eval kld`.
+
+Resumable: every step writes its JSON under --work (default out/results) and is skipped when that
+JSON exists, so an interrupted run continues where it stopped. Usage:
+
+    python3 scripts/quant_results.py [--models stories260k,smollm2] [--toga build/toga]
+
+then `python3 scripts/quant_results.py --report-only` rewrites docs/RESULTS.md from the JSON.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+MODELS = {
+    "stories260k": {
+        "path": os.path.join(SHARED, "models/stories260K/stories260K.bin"),
+        "label": "stories260K",
+        "seqlen": 512,  # its context
+        "calib": ["--calib", "128", "--calib-seqlen", "512"],
+        "kld_windows": 64,
+    },
+    "smollm2": {
+        "path": os.path.join(SHARED, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "label": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32 = the FP reference)",
+        "seqlen": 2048,
+        # 32 windows of 2048 instead of GPTQ's 128: four times less calibration compute on 2 cores.
+        "calib": ["--calib", "32", "--calib-seqlen", "2048"],
+        "kld_windows": 16,
+    },
+}
+
+# W4A4 family (Atom's layout): INT4 symmetric weights and activations in groups of 128, per-token
+# activations, no clipping, salient channels INT8 per row / per token.
+W4A4 = ["--wbits", "4", "--group-size", "128", "--abits", "4", "--act-group-size", "128"]
+W3A3 = ["--wbits", "3", "--group-size", "128", "--abits", "3", "--act-group-size", "128"]
+
+# name -> (label, toga quantize flags, needs calibration); None = the FP model itself.
+CONFIGS = [
+    ("fp32", "FP32 (reference)", None),
+    ("w4a16_rtn_g32", "W4A16 RTN g32", ["--method", "rtn", "--wbits", "4", "--group-size", "32"]),
+    ("w4a16_gptq_g32", "W4A16 GPTQ g32", ["--method", "gptq", "--wbits", "4", "--group-size", "32"]),
+    ("w3a16_rtn_g32", "W3A16 RTN g32", ["--method", "rtn", "--wbits", "3", "--group-size", "32"]),
+    ("w3a16_gptq_g32", "W3A16 GPTQ g32", ["--method", "gptq", "--wbits", "3", "--group-size", "32"]),
+    ("w4a16_rtn_g128", "W4A16 RTN g128", ["--method", "rtn", "--wbits", "4", "--group-size", "128"]),
+    ("w4a16_gptq_g128", "W4A16 GPTQ g128", ["--method", "gptq", "--wbits", "4", "--group-size", "128"]),
+    ("w3a16_rtn_g128", "W3A16 RTN g128", ["--method", "rtn", "--wbits", "3", "--group-size", "128"]),
+    ("w3a16_gptq_g128", "W3A16 GPTQ g128", ["--method", "gptq", "--wbits", "3", "--group-size", "128"]),
+    ("w4a4_rtn", "W4A4 RTN", ["--method", "rtn"] + W4A4),
+    ("w4a4_gptq", "W4A4 GPTQ", ["--method", "gptq"] + W4A4),
+    ("w4a4_rtn_s125_noreorder", "W4A4 RTN + 12.5% INT8 salient (no reorder)",
+     ["--method", "rtn", "--salient-frac", "0.125", "--no-reorder"] + W4A4),
+    ("w4a4_rtn_s125", "W4A4 RTN + 12.5% INT8 salient + reorder", ["--method", "rtn", "--salient-frac", "0.125"] + W4A4),
+    ("w4a4_gptq_s125", "W4A4 + 12.5% INT8 salient, reorder, GPTQ", ["--method", "gptq", "--salient-frac", "0.125"] + W4A4),
+    ("w3a3_gptq_s3", "W(3.2)A(3.2): INT3 + 3% INT8 salient, reorder, GPTQ",
+     ["--method", "gptq", "--salient-frac", "0.03"] + W3A3),
+    ("w1.6a16_gptq", "W(1.6)A16: 80% 1-bit + 20% INT4 salient, reorder, GPTQ",
+     ["--method", "gptq", "--wbits", "1", "--binary-centered", "--high-bits", "4", "--salient-frac", "0.2"]),
+]
+
+MAIN_ROWS = ["fp32", "w4a16_rtn_g32", "w4a16_gptq_g32", "w3a16_rtn_g32", "w3a16_gptq_g32", "w4a16_rtn_g128",
+             "w4a16_gptq_g128", "w3a16_rtn_g128", "w3a16_gptq_g128", "w4a4_rtn", "w4a4_gptq", "w3a3_gptq_s3",
+             "w4a4_gptq_s125", "w1.6a16_gptq"]
+LADDER = [("W4A4 RTN", "w4a4_rtn", 16), ("+ 12.5% INT8 salient", "w4a4_rtn_s125_noreorder", 16),
+          ("+ reorder", "w4a4_rtn_s125", 16), ("+ GPTQ", "w4a4_gptq_s125", 16), ("+ KV4", "w4a4_gptq_s125", 4)]
+
+
+def run(cmd, log):
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(log, "a") as f:
+        f.write("+ " + " ".join(cmd) + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        sys.exit(f"command failed ({r.returncode}), see {log}: {' '.join(cmd)}")
+    return time.time() - t0
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def measure(args, model_key):
+    spec = MODELS[model_key]
+    work = os.path.join(args.work, model_key)
+    os.makedirs(work, exist_ok=True)
+    log = os.path.join(work, "log.txt")
+    base = spec["path"]
+    common = ["--threads", str(args.threads)]
+    for name, label, flags in CONFIGS:
+        if args.only and name not in args.only:
+            continue
+        model = base
+        if flags is not None:
+            ckpt = os.path.join(work, name)
+            report = os.path.join(work, name + ".quantize.json")
+            if not os.path.exists(report):
+                run([args.toga, "quantize", base, ckpt, *flags, *spec["calib"], "--report", report, *common], log)
+            model = ckpt
+        for kv in (16, 4):
+            tag = f"{name}.kv{kv}"
+            ppl = os.path.join(work, tag + ".ppl.json")
+            kld = os.path.join(work, tag + ".kld.json")
+            kvflag = ["--kv-bits", str(kv)]
+            if not os.path.exists(ppl):
+                run([args.toga, "eval", "ppl", model, "--seqlen", str(spec["seqlen"]), "--json", ppl, *kvflag, *common], log)
+            if not os.path.exists(kld):
+                run([args.toga, "eval", "kld", model, "--base", base, "--seqlen", str(spec["seqlen"]),
+                     "--max-windows", str(spec["kld_windows"]), "--json", kld, *kvflag, *common], log)
+
+
+def collect(args, model_key):
+    work = os.path.join(args.work, model_key)
+    rows = {}
+    for name, label, flags in CONFIGS:
+        for kv in (16, 4):
+            tag = f"{name}.kv{kv}"
+            ppl, kld = os.path.join(work, tag + ".ppl.json"), os.path.join(work, tag + ".kld.json")
+            if not (os.path.exists(ppl) and os.path.exists(kld)):
+                continue
+            p, k = load(ppl), load(kld)
+            row = {"config": name, "label": label, "kv_bits": kv, "flags": flags,
+                   "ppl": p["result"]["ppl"], "ppl_windows": p["result"]["windows"],
+                   "ppl_tokens": p["result"]["tokens_total"], "seqlen": p["result"]["seqlen"],
+                   "kld_mean": k["result"]["mean_kld"], "kld_p99": k["result"]["p99_kld"],
+                   "top1": k["result"]["top1_agreement"], "kld_windows": k["result"]["windows"]}
+            q = os.path.join(work, name + ".quantize.json")
+            if os.path.exists(q):
+                r = load(q)
+                row.update({"scheme": r["scheme"], "weight_bits_codes": r["weight_bits_codes"],
+                            "weight_bits_total": r["weight_bits_total"], "act_bits": r["act_bits"],
+                            "quantize_seconds": r["seconds"]})
+            else:
+                row.update({"scheme": "FP32", "weight_bits_codes": 32.0, "weight_bits_total": 32.0, "act_bits": 32.0,
+                            "quantize_seconds": 0.0})
+            rows[tag] = row
+    return rows
+
+
+def fmt_row(r):
+    bits = "–" if r["scheme"] == "FP32" else f"{r['weight_bits_codes']:.3f} / {r['weight_bits_total']:.3f}"
+    abits = "–" if r["scheme"] == "FP32" else f"{r['act_bits']:.2f}"
+    return (f"| {r['label']} | {r['scheme']} | {bits} | {abits} | {r['kv_bits']} | {r['ppl']:.3f} | "
+            f"{r['kld_mean']:.4f} | {r['kld_p99']:.3f} | {100 * r['top1']:.2f} |")
+
+
+HEADER = ("| configuration | scheme | weight bits (codes / with scales) | act bits | KV bits | WikiText-2 ppl | "
+          "mean KLD | p99 KLD | top-1 agree % |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def plot(all_rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not available: no plot (use /usr/bin/python3 with python3-matplotlib)")
+        return False
+    fig, axes = plt.subplots(1, len(all_rows), figsize=(6 * len(all_rows), 4.5))
+    if len(all_rows) == 1:
+        axes = [axes]
+    for ax, (model_key, rows) in zip(axes, all_rows.items()):
+        for kv, marker in ((16, "o"), (4, "x")):
+            pts = [(r["weight_bits_codes"], r["kld_mean"], r["config"]) for r in rows.values()
+                   if r["kv_bits"] == kv and r["scheme"] != "FP32"]
+            ax.scatter([p[0] for p in pts], [max(p[1], 1e-5) for p in pts], marker=marker, label=f"KV{kv}")
+            if kv == 16:
+                for x, y, n in pts:
+                    ax.annotate(n, (x, max(y, 1e-5)), fontsize=6)
+        ax.set_yscale("log")
+        ax.set_xlabel("weight bits (codes)")
+        ax.set_ylabel("mean KLD vs FP model")
+        ax.set_title(MODELS[model_key]["label"].split(" (")[0])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def report(args):
+    all_rows = {m: collect(args, m) for m in args.models}
+    os.makedirs(os.path.join(ROOT, "docs", "results"), exist_ok=True)
+    for m, rows in all_rows.items():
+        with open(os.path.join(ROOT, "docs", "results", f"quant_{m}.json"), "w") as f:
+            json.dump({"model": MODELS[m]["label"], "path": os.path.relpath(MODELS[m]["path"], ROOT),
+                       "rows": list(rows.values())}, f, indent=2)
+    have_plot = plot(all_rows, os.path.join(ROOT, "docs", "results", "quant_bits_vs_kld.png"))
+    out = ["# Quantization results", "",
+           "Generated by `python3 scripts/quant_results.py` (raw numbers: `docs/results/quant_*.json`). "
+           "Perplexity: WikiText-2 **test**, GPTQ protocol (lines joined with \"\\n\\n\", tokenized once, "
+           "non-overlapping windows of the model's seqlen, all windows). KLD and top-1 agreement: the same "
+           "protocol against the unquantized model on the first windows of the test set (count in the JSON). "
+           "Calibration: random windows of WikiText-2 **validation** (the train split is not available here), "
+           "seed 0. KV4 rows evaluate the same weights with a 4-bit asymmetric per-token-per-head KV cache "
+           "(weights calibrated without KV quantization). Weight bits: codes only / with fp16 scales, zero "
+           "points and permutations; 'scheme' rounds the realized averages.", ""]
+    for m, rows in all_rows.items():
+        spec = MODELS[m]
+        out += [f"## {spec['label']}", "", f"seqlen {spec['seqlen']}; calibration `{' '.join(spec['calib'])}`; "
+                f"KLD over {spec['kld_windows']} windows.", "", HEADER]
+        for name in MAIN_ROWS:
+            for kv in (16, 4):
+                if f"{name}.kv{kv}" in rows:
+                    out.append(fmt_row(rows[f"{name}.kv{kv}"]))
+        out += ["", "Ablation ladder (the paper's Table 3):", "",
+                "| step | scheme | KV bits | WikiText-2 ppl | mean KLD | top-1 agree % |", "|---|---|---|---|---|---|"]
+        for step, name, kv in LADDER:
+            r = rows.get(f"{name}.kv{kv}")
+            if r:
+                out.append(f"| {step} | {r['scheme']} | {kv} | {r['ppl']:.3f} | {r['kld_mean']:.4f} | {100 * r['top1']:.2f} |")
+        out.append("")
+    if have_plot:
+        out += ["![weight bits vs KLD](results/quant_bits_vs_kld.png)", ""]
+    with open(os.path.join(ROOT, "docs", "RESULTS.md"), "w") as f:
+        f.write("\n".join(out))
+    print("wrote docs/RESULTS.md")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="stories260k,smollm2")
+    ap.add_argument("--toga", default=os.path.join(ROOT, "build", "toga"))
+    ap.add_argument("--work", default=os.path.join(ROOT, "out", "results"))
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--only", default="", help="comma-separated config names")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.models = [m for m in args.models.split(",") if m]
+    args.only = [c for c in args.only.split(",") if c]
+    if not args.report_only:
+        for m in args.models:
+            measure(args, m)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
