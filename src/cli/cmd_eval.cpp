@@ -1,9 +1,11 @@
 // toga eval ppl | kld: perplexity and KL divergence against a base model over the same windows.
 #include <cstdio>
+#include <fstream>
 
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "eval/perplexity.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace toga::cli {
@@ -42,6 +44,7 @@ WindowOptions window_options(const WindowFlags& w, const ModelConfig& c, const s
 void register_eval(CLI::App& app) {
   auto* eval = app.add_subcommand("eval", "measure quality: perplexity, KL divergence, zero-shot tasks");
   eval->require_subcommand(1);
+  register_eval_tasks(eval);
 
   {
     auto* cmd = eval->add_subcommand("ppl", "perplexity over non-overlapping windows (GPTQ protocol)");
@@ -72,6 +75,38 @@ void register_eval(CLI::App& app) {
                             {"run", run_info(o->common)}};
         write_json(o->w.json, j);
       }
+    });
+  }
+
+  {
+    auto* cmd = eval->add_subcommand("logits", "write a text's token ids and full logits, for cross-checks");
+    struct Opts {
+      CommonOptions common;
+      std::string model, text, out;
+      bool special = false;
+    };
+    auto o = std::make_shared<Opts>();
+    cmd->add_option("model", o->model, "model: HF directory, .gguf file, llama2.c .bin")->required();
+    cmd->add_option("--text", o->text, "the text (tokenized as for evaluation: BOS if the model adds one)")->required();
+    cmd->add_option("--out", o->out, "writes OUT.json (ids, shape) and OUT.f32 (float32 logits, row-major)")->required();
+    cmd->add_flag("--special", o->special, "parse control tokens written in the text");
+    add_common_options(cmd, o->common);
+    cmd->callback([o] {
+      apply_common_options(o->common);
+      auto lm = load_model_and_tokenizer(o->model, o->common);
+      std::vector<int> ids = lm.tokenizer->encode(o->text, o->special);
+      if (lm.tokenizer->add_bos && lm.tokenizer->bos_id >= 0) ids.insert(ids.begin(), lm.tokenizer->bos_id);
+      if (ids.empty()) fail("--text gives no tokens");
+      std::vector<int64_t> ids64(ids.begin(), ids.end());
+      torch::NoGradGuard ng;
+      const auto logits = lm.model.forward(torch::tensor(ids64).unsqueeze(0))[0].to(torch::kFloat32).contiguous();
+      write_file_atomically(o->out + ".f32", [&](const std::string& tmp) {
+        std::ofstream f(tmp, std::ios::binary);
+        f.write(reinterpret_cast<const char*>(logits.data_ptr<float>()), logits.numel() * sizeof(float));
+        if (!f) fail_file(tmp, "write failed");
+      });
+      write_json(o->out + ".json", {{"model", o->model}, {"text", o->text}, {"ids", ids},
+                                    {"shape", {logits.size(0), logits.size(1)}}, {"run", run_info(o->common)}});
     });
   }
 
