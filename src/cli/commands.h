@@ -7,6 +7,7 @@ namespace toga::cli {
 
 void register_generate(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_eval_tasks(CLI::App* eval);
 void register_convert(CLI::App& app);
 void register_info(CLI::App& app);
 void register_quantize(CLI::App& app);
