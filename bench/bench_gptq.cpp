@@ -18,6 +18,7 @@
 #include <string>
 
 #include "model/threads.h"
+#include "quant/calibration.h"
 #include "quant/gptq.h"
 
 namespace {
@@ -87,8 +88,44 @@ void BM_InverseHessianFactor(benchmark::State& state) {
       benchmark::Counter(factor_flops(static_cast<double>(n)) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The layer as the pipeline sees it: 16 calibration windows of 512 tokens (8192 rows; GPTQ's
+// 128 x 2048 is too much for this machine) pass through a LinearSite whose StatisticsCollector
+// accumulates H = (2/N) sum x x^T in float64, then GPTQ INT4 g128. Float ops: 2 * 8192 * N^2 for
+// the Hessian (the site's own matmul, 2 * 8192 * R * N, is not counted) plus the GPTQ count.
+void BM_CalibrationAndGptq(benchmark::State& state) {
+  set_threads();
+  const Layer& layer = kLayers[state.range(0)];
+  constexpr int64_t kWindows = 16, kTokens = 512;
+  torch::manual_seed(2);
+  // Correlated activations with a few outlier channels, like real layer inputs.
+  const torch::Tensor mix = torch::randn({layer.in, layer.in}) / std::sqrt(double(layer.in));
+  const torch::Tensor channel_scale = torch::exp(torch::randn({layer.in}));
+  std::vector<torch::Tensor> windows;
+  for (int64_t i = 0; i < kWindows; ++i) windows.push_back(torch::randn({kTokens, layer.in}).mm(mix) * channel_scale);
+  toga::LinearSite site;
+  site.name = layer.name;
+  site.weight = torch::randn({layer.out, layer.in});
+  toga::GptqOptions o;
+  o.low.bits = 4;
+  o.low.group_size = 128;
+  for (auto _ : state) {
+    torch::NoGradGuard ng;
+    toga::StatisticsCollector stats(std::vector<toga::LinearSite*>{&site}, /*with_hessian=*/true);
+    for (const auto& x : windows) site.forward(x);
+    stats.detach();
+    benchmark::DoNotOptimize(toga::gptq_quantize(site.weight, stats.at(site.name).hessian().to(torch::kFloat32), o).loss);
+  }
+  state.SetLabel(std::string(layer.name) + " " + std::to_string(layer.out) + "x" + std::to_string(layer.in) +
+                 " 16x512 calibration tokens");
+  const double n = static_cast<double>(layer.in);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      (2.0 * kWindows * kTokens * n * n + gptq_flops(static_cast<double>(layer.out), n)) / 1e9,
+      benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
+BENCHMARK(BM_CalibrationAndGptq)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_Gptq)
     ->ArgsProduct({{0, 1, 2, 3, 4}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
