@@ -10,29 +10,6 @@ namespace toga {
 
 namespace {
 
-nlohmann::json spec_to_json(const QuantSpec& s) {
-  return {{"bits", s.bits},           {"symmetric", s.symmetric},   {"group_size", s.group_size},
-          {"clip_ratio", s.clip_ratio}, {"mse_clip", s.mse_clip}, {"binary_centered", s.binary_centered}};
-}
-
-QuantSpec spec_from_json(const nlohmann::json& j, const std::string& where) {
-  try {
-    QuantSpec s;
-    s.bits = j.at("bits").get<int>();
-    s.symmetric = j.at("symmetric").get<bool>();
-    s.group_size = j.at("group_size").get<int>();
-    s.clip_ratio = j.value("clip_ratio", 1.0);
-    s.mse_clip = j.value("mse_clip", false);
-    s.binary_centered = j.value("binary_centered", false);
-    validate(s);
-    return s;
-  } catch (const nlohmann::json::exception& e) {
-    fail_file(where, "malformed quantizer spec {}: {}", j.dump(), e.what());
-  } catch (const Error& e) {
-    fail_file(where, "invalid quantizer spec {}: {}", j.dump(), e.what());
-  }
-}
-
 std::string hf_prefix(const std::string& site) { return "model." + site; }
 
 // Site names of the block linears, with their HF weight shapes.
@@ -211,10 +188,10 @@ void save_quantized_checkpoint(const std::string& dir, const Model& model, const
       add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16));
       add(stem + ".input_perm", q.perm.to(torch::kInt32));
       layers[stem] = {{"salient", q.salient},
-                      {"weight_low", spec_to_json(q.weight_low)},
-                      {"weight_high", spec_to_json(q.weight_high)},
-                      {"act_low", spec_to_json(q.act_low)},
-                      {"act_high", spec_to_json(q.act_high)},
+                      {"weight_low", quant_spec_to_json(q.weight_low)},
+                      {"weight_high", quant_spec_to_json(q.weight_high)},
+                      {"act_low", quant_spec_to_json(q.act_low)},
+                      {"act_high", quant_spec_to_json(q.act_high)},
                       {"gptq_loss", q.gptq_loss}};
       continue;
     }
@@ -292,10 +269,10 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
       fail_file(where, "layer '{}': {}", stem, e.what());
     }
     if (q.salient < 0 || q.salient > in) fail_file(where, "layer '{}': salient count {} outside [0, {}]", stem, q.salient, in);
-    const QuantSpec low = q.weight_low = spec_from_json(entry.at("weight_low"), where);
-    const QuantSpec high = q.weight_high = spec_from_json(entry.at("weight_high"), where);
-    q.act_low = spec_from_json(entry.at("act_low"), where);
-    q.act_high = spec_from_json(entry.at("act_high"), where);
+    const QuantSpec low = q.weight_low = quant_spec_from_json(entry.at("weight_low"), where);
+    const QuantSpec high = q.weight_high = quant_spec_from_json(entry.at("weight_high"), where);
+    q.act_low = quant_spec_from_json(entry.at("act_low"), where);
+    q.act_high = quant_spec_from_json(entry.at("act_high"), where);
     q.gptq_loss = entry.value("gptq_loss", 0.0);
     if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
       fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);

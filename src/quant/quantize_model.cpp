@@ -11,11 +11,6 @@ namespace toga {
 
 namespace {
 
-nlohmann::json spec_json(const QuantSpec& s) {
-  return {{"bits", s.bits},           {"symmetric", s.symmetric},   {"group_size", s.group_size},
-          {"clip_ratio", s.clip_ratio}, {"mse_clip", s.mse_clip}, {"binary_centered", s.binary_centered}};
-}
-
 int64_t salient_count(const QuantizeOptions& o, const LinearSite& s) {
   const int64_t in = s.in_features();
   auto it = o.salient_counts.find(s.name);
@@ -116,15 +111,38 @@ void permute_site_inputs(LinearSite& site, const torch::Tensor& perm) {
   site.in_perm = perm.to(site.weight.device());
 }
 
+nlohmann::json quant_spec_to_json(const QuantSpec& s) {
+  return {{"bits", s.bits},           {"symmetric", s.symmetric},   {"group_size", s.group_size},
+          {"clip_ratio", s.clip_ratio}, {"mse_clip", s.mse_clip}, {"binary_centered", s.binary_centered}};
+}
+
+QuantSpec quant_spec_from_json(const nlohmann::json& j, const std::string& where) {
+  try {
+    QuantSpec s;
+    s.bits = j.at("bits").get<int>();
+    s.symmetric = j.at("symmetric").get<bool>();
+    s.group_size = j.at("group_size").get<int>();
+    s.clip_ratio = j.value("clip_ratio", 1.0);
+    s.mse_clip = j.value("mse_clip", false);
+    s.binary_centered = j.value("binary_centered", false);
+    validate(s);
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(where, "malformed quantizer spec {}: {}", j.dump(), e.what());
+  } catch (const Error& e) {
+    fail_file(where, "invalid quantizer spec {}: {}", j.dump(), e.what());
+  }
+}
+
 nlohmann::json QuantizeOptions::to_json() const {
   nlohmann::json counts = nlohmann::json::object();
   for (const auto& [k, v] : salient_counts) counts[k] = v;
   return {{"method", method},
-          {"weight_low", spec_json(weight_low)},
-          {"weight_high", spec_json(weight_high)},
-          {"act_low", spec_json(act_low)},
-          {"act_high", spec_json(act_high)},
-          {"kv", spec_json(kv)},
+          {"weight_low", quant_spec_to_json(weight_low)},
+          {"weight_high", quant_spec_to_json(weight_high)},
+          {"act_low", quant_spec_to_json(act_low)},
+          {"act_high", quant_spec_to_json(act_high)},
+          {"kv", quant_spec_to_json(kv)},
           {"salient_fraction", salient_fraction},
           {"salient_counts", counts},
           {"reorder", reorder},

@@ -55,6 +55,11 @@ struct QuantizationReport {
   double act_bits = 16;  // average activation bits over the quantized linears' inputs
 };
 
+// A quantizer spec as JSON (checkpoints, reports) and back; a malformed or invalid spec is an error
+// naming `where`.
+nlohmann::json quant_spec_to_json(const QuantSpec& s);
+QuantSpec quant_spec_from_json(const nlohmann::json& j, const std::string& where);
+
 // Quantizes every block linear of `model` in place (lm_head and embeddings stay as they are).
 // calibration: [n, seqlen] token windows (may be undefined when !needs_calibration()).
 QuantizationReport quantize_model(Model& model, const QuantizeOptions& opts, const torch::Tensor& calibration);
