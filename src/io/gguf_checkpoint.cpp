@@ -165,11 +165,57 @@ class GGUFTensorSource : public TensorSource {
     }
   }
 
+  // A row of a 2-D or larger tensor is a whole number of blocks (the parser checks ne[0]), so rows
+  // decode on their own; 1-D tensors are small and use the whole-tensor default.
+  bool row_reads(const std::string& name) const override { return entry(name).t->ne.size() >= 2; }
+
+  void read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const override {
+    const Entry& e = entry(name);
+    const GGUFTensorInfo& t = *e.t;
+    if (t.ne.size() < 2) return TensorSource::read_f32_rows(name, row_begin, n_rows, dst);
+    check_row_range(file_->path(), info_of(name, t), row_begin, n_rows);
+    if (n_rows == 0) return;
+    if (!ggml_type_supported(static_cast<uint32_t>(t.type)))
+      fail_file(file_->path(), "tensor '{}' has type {}, which toga cannot decode", t.name,
+                ggml_type_name(static_cast<uint32_t>(t.type)));
+    const int64_t rows = static_cast<int64_t>(t.ne.back()), cols = t.numel() / rows;
+    const uint64_t row_bytes = t.nbytes / static_cast<uint64_t>(rows);
+    const uint8_t* base = file_->tensor_data(t);
+    if (e.permute_heads == 0) {
+      dequantize(t.type, base + static_cast<uint64_t>(row_begin) * row_bytes, dst, n_rows * cols);
+      return;
+    }
+    // HF row j*d/2 + i of a head is the file's row 2i + j of that head (see read_f32), so each row
+    // is fetched from where llama.cpp stored it.
+    const int64_t d = e.head_dim, half = d / 2;
+#pragma omp parallel for schedule(static) if (n_rows * cols >= (int64_t(1) << 18))
+    for (int64_t k = 0; k < n_rows; ++k) {
+      const int64_t r = row_begin + k, p = r % d;
+      const int64_t stored = r - p + 2 * (p % half) + p / half;
+      dequantize(t.type, base + static_cast<uint64_t>(stored) * row_bytes, dst + k * cols, cols);
+    }
+  }
+
   void release(const std::string& name) const override { file_->release(*entry(name).t); }
+
+  // Permuted rows are scattered within their heads: those are dropped with the whole tensor.
+  void release_rows(const std::string& name, int64_t row_begin, int64_t n_rows) const override {
+    const Entry& e = entry(name);
+    if (e.t->ne.size() < 2 || e.permute_heads > 0) return;
+    const uint64_t row_bytes = e.t->nbytes / e.t->ne.back();
+    release_mapped_pages(file_->tensor_data(*e.t) + static_cast<uint64_t>(row_begin) * row_bytes,
+                         static_cast<uint64_t>(n_rows) * row_bytes);
+  }
 
   std::string description() const override { return file_->path(); }
 
  private:
+  TensorInfo info_of(const std::string& name, const GGUFTensorInfo& t) const {
+    TensorInfo info{name, dtype_of(t.type), {}, file_->path()};
+    for (auto it = t.ne.rbegin(); it != t.ne.rend(); ++it) info.shape.push_back(static_cast<int64_t>(*it));
+    return info;
+  }
+
   const Entry& entry(const std::string& name) const {
     auto it = entries_.find(name);
     if (it == entries_.end()) fail_file(file_->path(), "missing tensor '{}'", name);

@@ -66,10 +66,53 @@ class HFTensorSource : public TensorSource {
 
   void read_f32(const std::string& name, float* dst) const override {
     const Slot& s = slot(name);
+    const int64_t n = static_cast<int64_t>((s.entry->end - s.entry->begin) / dtype_size(s.entry->dtype));
+    decode(name, s, 0, n, dst);
+  }
+
+  void read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const override {
+    const Slot& s = slot(name);
+    check_row_range(shards_[s.shard]->path(), info_of(s), row_begin, n_rows);
+    const int64_t cols = tensor_row_length(s.entry->shape);
+    decode(name, s, row_begin * cols, n_rows * cols, dst);
+  }
+
+  bool row_reads(const std::string& /*name*/) const override { return true; }
+
+  void release_rows(const std::string& name, int64_t row_begin, int64_t n_rows) const override {
+    const Slot& s = slot(name);
+    const size_t esize = dtype_size(s.entry->dtype), cols = static_cast<size_t>(tensor_row_length(s.entry->shape));
+    release_mapped_pages(shards_[s.shard]->data(*s.entry) + static_cast<size_t>(row_begin) * cols * esize,
+                         static_cast<size_t>(n_rows) * cols * esize);
+  }
+
+  std::vector<uint8_t> read_bytes(const std::string& name) const override {
+    const Slot& s = slot(name);
+    const uint8_t* src = shards_[s.shard]->data(*s.entry);
+    return std::vector<uint8_t>(src, src + (s.entry->end - s.entry->begin));
+  }
+
+  void release(const std::string& name) const override {
+    const Slot& s = slot(name);
+    shards_[s.shard]->release(*s.entry);
+  }
+
+  std::string description() const override { return dir_; }
+
+ private:
+  struct Slot {
+    size_t shard;
+    const SafetensorsEntry* entry;
+  };
+  TensorInfo info_of(const Slot& s) const {
+    return TensorInfo{s.entry->name, s.entry->dtype, s.entry->shape, shards_[s.shard]->path()};
+  }
+
+  // Elements [begin, begin + n) of the tensor, decoded to fp32.
+  void decode(const std::string& name, const Slot& s, int64_t begin, int64_t n, float* dst) const {
     const SafetensorsFile& f = *shards_[s.shard];
     const SafetensorsEntry& e = *s.entry;
-    const uint8_t* src = f.data(e);
-    const int64_t n = static_cast<int64_t>((e.end - e.begin) / dtype_size(e.dtype));
+    const uint8_t* src = f.data(e) + static_cast<size_t>(begin) * dtype_size(e.dtype);
     switch (e.dtype) {
       case DType::F32:
         if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
@@ -101,24 +144,6 @@ class HFTensorSource : public TensorSource {
     }
   }
 
-  std::vector<uint8_t> read_bytes(const std::string& name) const override {
-    const Slot& s = slot(name);
-    const uint8_t* src = shards_[s.shard]->data(*s.entry);
-    return std::vector<uint8_t>(src, src + (s.entry->end - s.entry->begin));
-  }
-
-  void release(const std::string& name) const override {
-    const Slot& s = slot(name);
-    shards_[s.shard]->release(*s.entry);
-  }
-
-  std::string description() const override { return dir_; }
-
- private:
-  struct Slot {
-    size_t shard;
-    const SafetensorsEntry* entry;
-  };
   const Slot& slot(const std::string& name) const {
     auto it = index_.find(name);
     if (it == index_.end()) fail_file(dir_, "missing tensor '{}'", name);

@@ -49,9 +49,38 @@ class Llama2cSource : public TensorSource {
     if (t.permute == Permute::K) permute_rows_adjacent_to_halves(dst, n_kv_heads_, head_dim_, cols);
   }
 
+  bool row_reads(const std::string& /*name*/) const override { return true; }
+
+  void read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const override {
+    const Llama2cTensor& t = find(name);
+    check_row_range(map_->path(), t.info, row_begin, n_rows);
+    const int64_t cols = tensor_row_length(t.info.shape);
+    const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
+    const uint8_t* base = map_->data() + t.offset;
+    if (t.permute == Permute::None) {
+      if (n_rows > 0) std::memcpy(dst, base + static_cast<size_t>(row_begin) * row_bytes, n_rows * row_bytes);
+      return;
+    }
+    // HF row j*d/2 + i of a head is stored as row 2i + j of that head (see read_f32).
+    const int64_t d = head_dim_, half = d / 2;
+    for (int64_t k = 0; k < n_rows; ++k) {
+      const int64_t r = row_begin + k, p = r % d;
+      const int64_t stored = r - p + 2 * (p % half) + p / half;
+      std::memcpy(dst + k * cols, base + static_cast<size_t>(stored) * row_bytes, row_bytes);
+    }
+  }
+
   void release(const std::string& name) const override {
     const Llama2cTensor& t = find(name);
     map_->release(t.offset, static_cast<size_t>(t.info.numel()) * sizeof(float));
+  }
+
+  // Permuted rows are scattered within their heads: those are dropped with the whole tensor.
+  void release_rows(const std::string& name, int64_t row_begin, int64_t n_rows) const override {
+    const Llama2cTensor& t = find(name);
+    if (t.permute != Permute::None) return;
+    const size_t row_bytes = static_cast<size_t>(tensor_row_length(t.info.shape)) * sizeof(float);
+    map_->release(t.offset + static_cast<size_t>(row_begin) * row_bytes, static_cast<size_t>(n_rows) * row_bytes);
   }
 
   std::string description() const override { return map_->path(); }

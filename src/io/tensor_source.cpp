@@ -1,5 +1,10 @@
 #include "io/tensor_source.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
 #include "util/error.h"
 
 namespace toga {
@@ -63,6 +68,39 @@ std::vector<uint8_t> TensorSource::read_bytes(const std::string& name) const {
   fail_file(description(), "tensor '{}': this checkpoint format has no raw tensor bytes", name);
 }
 
+void TensorSource::read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const {
+  const TensorInfo t = info(name);
+  check_row_range(t.file.empty() ? description() : t.file, t, row_begin, n_rows);
+  if (row_begin == 0 && n_rows == tensor_rows(t.shape)) return read_f32(name, dst);
+  std::vector<float> all(static_cast<size_t>(t.numel()));
+  read_f32(name, all.data());
+  const int64_t cols = tensor_row_length(t.shape);
+  if (n_rows > 0) std::memcpy(dst, all.data() + row_begin * cols, static_cast<size_t>(n_rows * cols) * sizeof(float));
+}
+
+int64_t tensor_rows(const std::vector<int64_t>& shape) { return shape.empty() ? 1 : shape[0]; }
+
+int64_t tensor_row_length(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
+  return n;
+}
+
+void check_row_range(const std::string& where, const TensorInfo& info, int64_t row_begin, int64_t n_rows) {
+  const int64_t rows = tensor_rows(info.shape);
+  if (row_begin < 0 || n_rows < 0 || row_begin > rows || n_rows > rows - row_begin)
+    fail_file(where, "tensor '{}' of shape {}: rows [{}, {}) are out of range", info.name, shape_str(info.shape),
+              row_begin, row_begin + n_rows);
+}
+
+void release_mapped_pages(const void* p, size_t length) {
+  if (!p || length == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t begin = (a + page - 1) / page * page, end = (a + length) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -97,6 +135,14 @@ const std::vector<float>& MemoryTensorSource::values(const std::string& name) co
 void MemoryTensorSource::read_f32(const std::string& name, float* dst) const {
   const auto& v = values(name);
   std::memcpy(dst, v.data(), v.size() * sizeof(float));
+}
+
+void MemoryTensorSource::read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const {
+  const auto& v = values(name);
+  const TensorInfo& t = tensors_.at(name).first;
+  check_row_range(description_, t, row_begin, n_rows);
+  const int64_t cols = tensor_row_length(t.shape);
+  if (n_rows > 0) std::memcpy(dst, v.data() + row_begin * cols, static_cast<size_t>(n_rows * cols) * sizeof(float));
 }
 
 }  // namespace toga

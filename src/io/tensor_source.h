@@ -34,15 +34,36 @@ class TensorSource {
   TensorInfo info(const std::string& name) const;  // throws naming the checkpoint if absent
   // Decodes the tensor into dst (numel floats, row-major HF layout).
   virtual void read_f32(const std::string& name, float* dst) const = 0;
+  // Decodes rows [row_begin, row_begin + n_rows) into dst, exactly as read_f32 would place them; a
+  // row is everything under one index of the first dimension (one element of a 1-D tensor). With
+  // these a loader converts a large tensor a chunk at a time instead of holding it all as fp32.
+  // The default decodes the whole tensor and copies the rows out: correct for any source, cheap
+  // for small tensors only, so loaders read in chunks only where row_reads() says so.
+  virtual void read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const;
+  // True when read_f32_rows decodes only the rows asked for.
+  virtual bool row_reads(const std::string& /*name*/) const { return false; }
   // The tensor's stored bytes exactly as in the file (integer tensors: packed codes, permutations).
   // Formats that only decode (GGUF, llama2.c) throw.
   virtual std::vector<uint8_t> read_bytes(const std::string& name) const;
   // Hint that the tensor's storage is no longer needed (lets the loader drop mapped pages).
   virtual void release(const std::string& /*name*/) const {}
+  // The same hint for rows already read, so that mapped pages go while a large tensor is converted.
+  virtual void release_rows(const std::string& /*name*/, int64_t /*row_begin*/, int64_t /*n_rows*/) const {}
   virtual std::string description() const = 0;  // e.g. the directory or file loaded
 };
 
 std::string shape_str(const std::vector<int64_t>& shape);
+
+// Rows of a tensor of this shape as read_f32_rows counts them (1 for a scalar), and their length.
+int64_t tensor_rows(const std::vector<int64_t>& shape);
+int64_t tensor_row_length(const std::vector<int64_t>& shape);
+// Throws naming `where` and the tensor unless [row_begin, row_begin + n_rows) lies within its rows.
+void check_row_range(const std::string& where, const TensorInfo& info, int64_t row_begin, int64_t n_rows);
+
+// Drops the whole pages inside [p, p + length) from the resident set. Only for a read-only file
+// mapping (the kernel reads dropped pages again from the file when touched): on anonymous or heap
+// memory this would discard data.
+void release_mapped_pages(const void* p, size_t length);
 
 }  // namespace toga
 
@@ -58,6 +79,8 @@ class MemoryTensorSource : public TensorSource {
   void add(const std::string& name, std::vector<int64_t> shape, std::vector<float> values);
   std::vector<TensorInfo> tensors() const override;
   void read_f32(const std::string& name, float* dst) const override;
+  void read_f32_rows(const std::string& name, int64_t row_begin, int64_t n_rows, float* dst) const override;
+  bool row_reads(const std::string& /*name*/) const override { return true; }
   std::string description() const override { return description_; }
   const std::vector<float>& values(const std::string& name) const;
 

@@ -1,3 +1,5 @@
+#include <cmath>
+
 #include "model/model.h"
 #include "util/error.h"
 
@@ -5,29 +7,82 @@ namespace toga {
 
 namespace {
 
-// Decodes one tensor to fp32, rejects non-finite values, converts to the model's dtype and device.
-torch::Tensor read_tensor(const TensorSource& src, const std::string& name, const LoadOptions& opts) {
-  const TensorInfo info = src.info(name);
-  auto t = torch::empty(info.shape, torch::kFloat32);
-  src.read_f32(name, t.data_ptr<float>());
-  src.release(name);
-  const auto finite = torch::isfinite(t);
-  if (!finite.all().item<bool>()) {
-    const int64_t first = (~finite).flatten().nonzero()[0].item<int64_t>();
-    const int64_t bad = (~finite).sum().item<int64_t>();
-    fail_file(info.file.empty() ? src.description() : info.file,
-              "tensor '{}' holds {} non-finite value(s) (NaN or Inf), the first at flat index {}", name, bad, first);
-  }
-  if (opts.dtype == torch::kFloat32 && opts.device.is_cpu()) return t;
-  return t.to(opts.device, opts.dtype);
+// Rows are decoded and converted in chunks of at least this many elements (16 MB as fp32): large
+// enough that each chunk is decoded by all threads, small enough that a 1 GB embedding never
+// exists as fp32 beside its converted copy.
+constexpr int64_t kChunkElements = int64_t(1) << 22;
+
+int64_t count_non_finite(const float* p, int64_t n) {
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (n > (1 << 18))
+  for (int64_t i = 0; i < n; ++i) bad += std::isfinite(p[i]) ? 0 : 1;
+  return bad;
 }
 
-LinearSite make_site(const TensorSource& src, const std::string& site_name, const std::string& hf_prefix,
-                     bool has_bias, const LoadOptions& opts) {
+// Decodes tensors chunk by chunk straight into their destination: fp32 weights are decoded in
+// place, other dtypes through one reused fp32 chunk buffer. Each chunk is checked finite and its
+// source pages released before the next, so loading peaks near the loaded weights' size.
+class TensorReader {
+ public:
+  TensorReader(const TensorSource& src, const LoadOptions& opts) : src_(src), opts_(opts) {}
+
+  torch::Tensor read(const std::string& name) {
+    const TensorInfo info = src_.info(name);
+    const int64_t rows = tensor_rows(info.shape), cols = tensor_row_length(info.shape);
+    // Sources that can only decode whole tensors are read in one chunk.
+    const int64_t chunk_rows =
+        !src_.row_reads(name) || cols == 0
+            ? rows
+            : std::min<int64_t>(rows, std::max<int64_t>(1, (kChunkElements + cols - 1) / cols));
+    auto out = torch::empty(info.shape, torch::TensorOptions().dtype(opts_.dtype));
+    const bool in_place = opts_.dtype == torch::kFloat32;
+    torch::Tensor whole;  // the buffer of a one-chunk read of a large tensor, freed with it
+    int64_t bad = 0, first_bad = -1;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, rows - r0), elems = n * cols;
+      float* dst;
+      if (in_place) {
+        dst = out.data_ptr<float>() + r0 * cols;
+      } else if (chunk_rows == rows && elems > kChunkElements) {
+        whole = torch::empty({elems}, torch::kFloat32);
+        dst = whole.data_ptr<float>();
+      } else {
+        if (!chunk_.defined() || chunk_.numel() < elems) chunk_ = torch::empty({elems}, torch::kFloat32);
+        dst = chunk_.data_ptr<float>();
+      }
+      src_.read_f32_rows(name, r0, n, dst);
+      src_.release_rows(name, r0, n);
+      if (const int64_t b = count_non_finite(dst, elems); b > 0) {
+        if (first_bad < 0)
+          for (int64_t i = 0; i < elems; ++i)
+            if (!std::isfinite(dst[i])) {
+              first_bad = r0 * cols + i;
+              break;
+            }
+        bad += b;
+      }
+      if (!in_place && elems > 0)
+        out.view({rows, cols}).narrow(0, r0, n).copy_(torch::from_blob(dst, {n, cols}, torch::kFloat32));
+    }
+    src_.release(name);
+    if (bad > 0)
+      fail_file(info.file.empty() ? src_.description() : info.file,
+                "tensor '{}' holds {} non-finite value(s) (NaN or Inf), the first at flat index {}", name, bad,
+                first_bad);
+    return opts_.device.is_cpu() ? out : out.to(opts_.device);
+  }
+
+ private:
+  const TensorSource& src_;
+  const LoadOptions& opts_;
+  torch::Tensor chunk_;  // reused by every chunked tensor of a non-fp32 load
+};
+
+LinearSite make_site(TensorReader& reader, const std::string& site_name, const std::string& hf_prefix, bool has_bias) {
   LinearSite s;
   s.name = site_name;
-  s.weight = read_tensor(src, hf_prefix + ".weight", opts);
-  if (has_bias) s.bias = read_tensor(src, hf_prefix + ".bias", opts);
+  s.weight = reader.read(hf_prefix + ".weight");
+  if (has_bias) s.bias = reader.read(hf_prefix + ".bias");
   return s;
 }
 
@@ -40,29 +95,30 @@ Model load_model(const Checkpoint& ckpt, const LoadOptions& opts) {
   Model m;
   m.config = c;
   torch::NoGradGuard no_grad;
-  m.embed = read_tensor(src, names::embed(), opts);
+  TensorReader reader(src, opts);
+  m.embed = reader.read(names::embed());
   m.blocks.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     Block& b = m.blocks[i];
     auto hf = [&](const char* s) { return names::layer(i, s); };
     auto site = [&](const char* s) { return fmt::format("layers.{}.{}", i, s); };
-    b.attn_norm = read_tensor(src, hf("input_layernorm.weight"), opts);
-    b.q = make_site(src, site("self_attn.q_proj"), hf("self_attn.q_proj"), c.attention_bias, opts);
-    b.k = make_site(src, site("self_attn.k_proj"), hf("self_attn.k_proj"), c.attention_bias, opts);
-    b.v = make_site(src, site("self_attn.v_proj"), hf("self_attn.v_proj"), c.attention_bias, opts);
-    b.o = make_site(src, site("self_attn.o_proj"), hf("self_attn.o_proj"), c.o_proj_bias, opts);
+    b.attn_norm = reader.read(hf("input_layernorm.weight"));
+    b.q = make_site(reader, site("self_attn.q_proj"), hf("self_attn.q_proj"), c.attention_bias);
+    b.k = make_site(reader, site("self_attn.k_proj"), hf("self_attn.k_proj"), c.attention_bias);
+    b.v = make_site(reader, site("self_attn.v_proj"), hf("self_attn.v_proj"), c.attention_bias);
+    b.o = make_site(reader, site("self_attn.o_proj"), hf("self_attn.o_proj"), c.o_proj_bias);
     if (c.qk_norm) {
-      b.q_norm = read_tensor(src, hf("self_attn.q_norm.weight"), opts);
-      b.k_norm = read_tensor(src, hf("self_attn.k_norm.weight"), opts);
+      b.q_norm = reader.read(hf("self_attn.q_norm.weight"));
+      b.k_norm = reader.read(hf("self_attn.k_norm.weight"));
     }
-    b.mlp_norm = read_tensor(src, hf("post_attention_layernorm.weight"), opts);
-    b.gate = make_site(src, site("mlp.gate_proj"), hf("mlp.gate_proj"), c.mlp_bias, opts);
-    b.up = make_site(src, site("mlp.up_proj"), hf("mlp.up_proj"), c.mlp_bias, opts);
-    b.down = make_site(src, site("mlp.down_proj"), hf("mlp.down_proj"), c.mlp_bias, opts);
+    b.mlp_norm = reader.read(hf("post_attention_layernorm.weight"));
+    b.gate = make_site(reader, site("mlp.gate_proj"), hf("mlp.gate_proj"), c.mlp_bias);
+    b.up = make_site(reader, site("mlp.up_proj"), hf("mlp.up_proj"), c.mlp_bias);
+    b.down = make_site(reader, site("mlp.down_proj"), hf("mlp.down_proj"), c.mlp_bias);
   }
-  m.final_norm = read_tensor(src, names::final_norm(), opts);
+  m.final_norm = reader.read(names::final_norm());
   m.lm_head.name = "lm_head";
-  m.lm_head.weight = c.tie_word_embeddings ? m.embed : read_tensor(src, names::lm_head(), opts);
+  m.lm_head.weight = c.tie_word_embeddings ? m.embed : reader.read(names::lm_head());
   m.rope_inv_freq = rope_inverse_frequencies(c).to(opts.device);
   return m;
 }

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Builds and runs the forward-throughput and load-memory benchmarks, saves their JSON under
+# docs/results/, and prints the markdown tables of docs/BENCHMARKS.md.
+#
+#   bench/run_benchmarks.sh [all|forward|memory|tables] [extra bench_forward flags]
+#
+# e.g. bench/run_benchmarks.sh forward --benchmark_filter='peak|smollm2'
+# Environment: TOGA_BENCH_BUILD (build dir, default build-bench), TOGA_BENCH_RESULTS (default
+# docs/results), TOGA_BENCH_THREADS (default "1,2"), TOGA_BENCH_ITERS, TOGA_SHARED (default ../shared).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${TOGA_BENCH_BUILD:-$root/build-bench}
+results=${TOGA_BENCH_RESULTS:-$root/docs/results}
+mode=${1:-all}
+[[ $# -gt 0 ]] && shift
+
+# The CLI's runtime settings (src/cli/main.cpp): libgomp's default spin-waiting makes 2 threads far
+# slower than 1 whenever another process holds a core, and libtorch's bf16 kernels need its
+# AVX-512 build, which it only picks from the environment.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+if grep -qw avx512f /proc/cpuinfo; then export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx512}; fi
+export TOGA_SHARED=${TOGA_SHARED:-$root/../shared}
+
+mkdir -p "$results"
+if [[ $mode != tables ]]; then
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$build" --target bench_forward bench_load_memory -j"$(nproc)" >/dev/null
+fi
+
+machine() {
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "cores: $(nproc)"
+    echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+    echo "amx: $(grep -qw amx_tile /proc/cpuinfo && echo yes || echo no)"
+    echo "avx512_bf16: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no)"
+    echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-}"
+    echo "commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  } >"$results/machine.txt"
+}
+
+cd "$root"  # bench_load_memory's default directory (out/) and TOGA_SHARED are relative to here
+if [[ $mode == all || $mode == forward ]]; then
+  machine
+  echo "uptime before: $(uptime)" | tee -a "$results/machine.txt" >&2
+  "$build/bench_forward" --benchmark_out="$results/forward.json" --benchmark_out_format=json "$@" >&2
+  echo "uptime after forward: $(uptime)" | tee -a "$results/machine.txt" >&2
+fi
+if [[ $mode == all || $mode == memory ]]; then
+  [[ $mode == memory ]] && machine
+  echo "uptime before memory: $(uptime)" | tee -a "$results/machine.txt" >&2
+  "$build/bench_load_memory" --dir "$root/out/bench-llama32-1b" --json "$results/load_memory.json" >/dev/null
+  echo "uptime after memory: $(uptime)" | tee -a "$results/machine.txt" >&2
+fi
+
+python3 - "$results" <<'EOF'
+import json, os, sys
+
+results = sys.argv[1]
+fwd_path = os.path.join(results, "forward.json")
+if os.path.exists(fwd_path):
+    data = json.load(open(fwd_path))
+    runs = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration" and "error_occurred" not in b]
+    def parts(b):
+        return b["name"].split("/")
+    # Under contention a benchmark gets only part of its cores (CPU share = process CPU time /
+    # (wall time x threads)); rates per CPU-second received compare runs that got different shares.
+    per_cpu = lambda b, key: b[key] / (b["cpu_share"] * b["threads"])
+    peak, peak_cpu, stream = {}, {}, {}
+    for b in runs:
+        p = parts(b)
+        if p[0] == "peak" and p[1].startswith("matmul"):
+            peak[(p[2], int(b["threads"]))] = b["GFLOP/s"]
+            peak_cpu[(p[2], int(b["threads"]))] = per_cpu(b, "GFLOP/s")
+        elif p[0] == "peak" and p[1].startswith("stream"):
+            stream[int(b["threads"])] = b["GB/s"]
+    load = lambda b: f'{b["load1_before"]:.2f}→{b["load1_after"]:.2f}'
+    print("### Ceilings (same process, same thread count)\n")
+    print("| measurement | threads | result | CPU share | load1 |\n|---|---:|---:|---:|---|")
+    for b in runs:
+        p = parts(b)
+        if p[0] != "peak":
+            continue
+        if p[1].startswith("matmul"):
+            print(f'| {p[1]} {p[2]} (torch::matmul) | {int(b["threads"])} | {b["GFLOP/s"]:.1f} GFLOP/s '
+                  f'({per_cpu(b, "GFLOP/s"):.1f} per CPU-s) | {b["cpu_share"]:.2f} | {load(b)} |')
+        else:
+            print(f'| {p[1]} fp32 (torch::sum) | {int(b["threads"])} | {b["GB/s"]:.1f} GB/s | {b["cpu_share"]:.2f} | {load(b)} |')
+    gemv = [b for b in runs if parts(b)[0] == "gemv"]
+    if gemv:
+        print("\n### One decode-step linear, 1x2048 input by an 8192x2048 weight\n")
+        print("| dtype | call | threads | ms | weight GB/s | CPU share | load1 |\n|---|---|---:|---:|---:|---:|---|")
+        for b in gemv:
+            p = parts(b)
+            print(f'| {p[1]} | torch::{p[2]} | {int(b["threads"])} | {b["real_time"]:.2f} | {b["GB/s"]:.1f} | '
+                  f'{b["cpu_share"]:.2f} | {load(b)} |')
+    print("\n### Prefill (batch 1, one Model::forward, no KV cache)\n")
+    print("| model | dtype | seqlen | threads | tokens/s | GFLOP/s | matmul peak | % of peak | CPU share | % of peak per CPU-s | load1 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for b in runs:
+        p = parts(b)
+        if p[0] != "prefill":
+            continue
+        t = int(b["threads"])
+        pk = peak.get((p[2], t))
+        pk_s, frac = (f"{pk:.1f}", f'{100 * b["GFLOP/s"] / pk:.0f}%') if pk else ("-", "-")
+        frac_cpu = f'{100 * per_cpu(b, "GFLOP/s") / peak_cpu[(p[2], t)]:.0f}%' if pk else "-"
+        print(f'| {p[1]} | {p[2]} | {p[3][3:]} | {t} | {b["tokens/s"]:.1f} | {b["GFLOP/s"]:.1f} | {pk_s} | {frac} | '
+              f'{b["cpu_share"]:.2f} | {frac_cpu} | {load(b)} |')
+    print("\n### Decode (1-token steps, KV cache at context 512)\n")
+    print("| model | dtype | threads | tokens/s | ms/token | GFLOP/s | % of matmul peak | GB/s streamed | % of stream bandwidth | CPU share | load1 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for b in runs:
+        p = parts(b)
+        if p[0] != "decode":
+            continue
+        t = int(b["threads"])
+        pk, bw = peak.get((p[2], t)), stream.get(t)
+        frac = f'{100 * b["GFLOP/s"] / pk:.0f}%' if pk else "-"
+        bfrac = f'{100 * b["GB/s"] / bw:.0f}%' if bw else "-"
+        print(f'| {p[1]} | {p[2]} | {t} | {b["tokens/s"]:.2f} | {1000 / b["tokens/s"]:.0f} | {b["GFLOP/s"]:.1f} | {frac} | '
+              f'{b["GB/s"]:.1f} | {bfrac} | {b["cpu_share"]:.2f} | {load(b)} |')
+    errors = [b for b in data["benchmarks"] if "error_occurred" in b]
+    for b in errors:
+        print(f'\nskipped {b["name"]}: {b.get("error_message", "")}')
+
+mem_path = os.path.join(results, "load_memory.json")
+if os.path.exists(mem_path):
+    print("\n### Peak memory of load_model (fresh process per case; target ≤ 1.3× the loaded weights)\n")
+    print("| checkpoint | format | loaded as | weights (MiB) | peak RSS − RSS before (MiB) | ratio | RSS kept after (MiB) | load s | load1 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in json.load(open(mem_path)):
+        if r["case"] != "load":
+            continue
+        mib = lambda x: x / 1048576
+        print(f'| {os.path.basename(r["checkpoint"])} | {r["format"]} | {r["dtype"]} | {mib(r["weights_bytes"]):.0f} | '
+              f'{mib(r["peak_minus_before_bytes"]):.0f} | {r["ratio"]:.3f} | {mib(r["after_minus_before_bytes"]):.0f} | '
+              f'{r["load_seconds"]:.1f} | {r["load1"]:.2f} |')
+EOF
