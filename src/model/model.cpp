@@ -13,7 +13,17 @@ torch::Tensor LinearSite::forward(const torch::Tensor& x) const {
   torch::Tensor in = in_perm.defined() ? x.index_select(-1, in_perm) : x;
   if (input_transform) in = input_transform(in);
   const torch::Tensor w = weight_transform ? weight_transform(weight) : weight;
-  torch::Tensor y = torch::linear(in, w, bias);
+  torch::Tensor y;
+  if (in.numel() == in.size(-1) && in.scalar_type() == torch::kFloat32 && !w.requires_grad()) {
+    // One token (decoding): libtorch 1.13 sends a one-row fp32 linear to a GEMM that streams the
+    // weight ~4x slower than GEMV does (bench_forward's gemv cases). bf16 is the other way round.
+    auto out_shape = in.sizes().vec();
+    out_shape.back() = w.size(0);
+    y = torch::mv(w, in.reshape({-1})).reshape(out_shape);
+    if (bias.defined()) y = y + bias;
+  } else {
+    y = torch::linear(in, w, bias);
+  }
   if (output_transform) y = output_transform(y);
   return y;
 }

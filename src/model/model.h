@@ -94,9 +94,9 @@ struct LoadOptions {
   torch::Device device = torch::kCPU;
 };
 
-// Builds a model from any checkpoint: every tensor is decoded to fp32, checked finite (an error
-// names the tensor and file otherwise), converted to the requested dtype and device, and its source
-// pages released, so loading peaks near the size of the loaded weights.
+// Builds a model from any checkpoint: each tensor is decoded in row chunks straight into the
+// requested dtype and device, checked finite (an error names the tensor and file otherwise), and its
+// source pages released as it goes, so loading peaks near the size of the loaded weights.
 Model load_model(const Checkpoint& ckpt, const LoadOptions& opts = {});
 
 // RMSNorm as Hugging Face computes it: statistics in float32, result cast back, times the gain.

@@ -111,14 +111,16 @@ TEST(Forward, KVCacheDecodingEqualsFullForward) {
     SCOPED_TRACE(layout.name);
     const Model m = build(layout.config, random_weights(layout.config, 11));
     torch::NoGradGuard ng;
-    const auto ids = torch::randint(layout.config.vocab_size, {2, 13}, torch::kLong);
-    const auto full = m.forward(ids);
-    KVCache cache;
-    std::vector<torch::Tensor> parts;
-    parts.push_back(m.forward(ids.narrow(1, 0, 4), &cache));  // a prompt, then one token at a time
-    for (int t = 4; t < 13; ++t) parts.push_back(m.forward(ids.narrow(1, t, 1), &cache));
-    EXPECT_EQ(cache.length, 13);
-    EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-5, 1e-5));
+    for (int64_t batch : {1, 2}) {  // batch 1 decodes through the GEMV path
+      const auto ids = torch::randint(layout.config.vocab_size, {batch, 13}, torch::kLong);
+      const auto full = m.forward(ids);
+      KVCache cache;
+      std::vector<torch::Tensor> parts;
+      parts.push_back(m.forward(ids.narrow(1, 0, 4), &cache));  // a prompt, then one token at a time
+      for (int t = 4; t < 13; ++t) parts.push_back(m.forward(ids.narrow(1, t, 1), &cache));
+      EXPECT_EQ(cache.length, 13);
+      EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), full, 1e-5, 1e-5));
+    }
   }
 }
 
