@@ -123,8 +123,18 @@ void compare(const std::string& a_path, const std::string& b_path) {
   }
   for (const auto& [name, tb] : b["tasks"].items())
     if (!a["tasks"].contains(name)) std::printf("| %s | | (missing) | %s | |\n", name.c_str(), pct(tb["headline"]).c_str());
-  const double va = a["average"]["value"].get<double>(), vb = b["average"]["value"].get<double>();
-  std::printf("| **average** | * metrics | %.2f | %.2f | %+.2f |\n", 100 * va, 100 * vb, 100 * (vb - va));
+  // The average over the tasks both runs have, so that runs over different task sets still compare.
+  double sa = 0, sb = 0;
+  int common = 0;
+  for (const auto& [name, ta] : a["tasks"].items())
+    if (b["tasks"].contains(name)) {
+      sa += ta["headline"].get<double>();
+      sb += b["tasks"][name]["headline"].get<double>();
+      ++common;
+    }
+  if (common > 0)
+    std::printf("| **average of %d common task%s** | * metrics | %.2f | %.2f | %+.2f |\n", common, common == 1 ? "" : "s",
+                100 * sa / common, 100 * sb / common, 100 * (sb - sa) / common);
   std::printf("\n* = the metric the average uses (acc_norm where the harness reports it, acc otherwise)\n");
 }
 
@@ -152,7 +162,7 @@ void register_eval_tasks(CLI::App* eval) {
   cmd->add_option("--seed", o->seed, "few-shot sampling seed for tasks without a few-shot split")->capture_default_str();
   cmd->add_option("--json", o->json, "write results as JSON here");
   cmd->add_option("--dump-items", o->dump_items, "write per-item log-likelihoods and predictions (JSONL) here");
-  cmd->add_option("--batch-tokens", o->batch_tokens, "max padded tokens per suffix batch")->capture_default_str();
+  cmd->add_option("--batch-tokens", o->batch_tokens, "max padded tokens per forward batch (prefixes or suffix rows)")->capture_default_str();
   cmd->add_option("--compare", o->compare, "print two --json results side by side (A.json B.json) and exit")
       ->expected(2);
   add_common_options(cmd, o->common);

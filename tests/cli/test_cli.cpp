@@ -126,3 +126,40 @@ TEST(Cli, ConvertedSmolLM2GivesIdenticalLogitsAndTokens) {
   const auto x = torch::tensor(ids64).unsqueeze(0);
   EXPECT_TRUE(torch::equal(a.forward(x), b.forward(x)));
 }
+
+TEST(Cli, EvalTasksOnAUserFileWritesJsonComparesAndRejectsBadLines) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string task = dir / "mine.jsonl";
+  write_text_atomically(task,
+                        "{\"context\": \"Once upon a time, there was a little\", \"choices\": [\"girl\", \"xylophone\"], "
+                        "\"label\": 0}\n"
+                        "{\"context\": \"Lily went to the\", \"choices\": [\"park\", \"quantum\", \"zzz\"], \"label\": 1}\n");
+  const std::string a = dir / "a.json", b = dir / "b.json";
+  auto r = run_toga("eval tasks " + stories260k_path() + " --tasks file:" + task + " --json " + a);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(read_text_file(a));
+  ASSERT_EQ(j["tasks"].size(), 1u) << j.dump();
+  const auto& t = j["tasks"].begin().value();
+  EXPECT_EQ(t["n"], 2);
+  EXPECT_TRUE(t.contains("acc_norm"));
+  // Two items: each accuracy is 0, 0.5 or 1, and the average is that of the one task.
+  const double acc = t["acc"].get<double>();
+  EXPECT_TRUE(acc == 0.0 || acc == 0.5 || acc == 1.0) << acc;
+  EXPECT_DOUBLE_EQ(j["average"]["value"].get<double>(), t["headline"].get<double>());
+
+  ASSERT_EQ(run_toga("eval tasks " + stories260k_path() + " --tasks file:" + task + " --limit 1 --json " + b).code, 0);
+  r = run_toga("eval tasks --compare " + a + " " + b);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("average of 1 common task"), std::string::npos) << r.output;
+
+  const std::string bad = dir / "bad.jsonl";
+  write_text_atomically(bad, "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"label\": 0}\n"
+                             "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"label\": 5}\n");
+  const std::string never = dir / "never.json";
+  r = run_toga("eval tasks " + stories260k_path() + " --tasks file:" + bad + " --json " + never);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(bad), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("line 2"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(never));
+}
