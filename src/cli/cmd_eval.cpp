@@ -116,15 +116,21 @@ void register_eval(CLI::App& app) {
       CommonOptions common;
       WindowFlags w;
       std::string model, base;
+      int base_kv_bits = 0;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("model", o->model, "the model to measure")->required();
     cmd->add_option("--base", o->base, "the reference model (e.g. the uncompressed checkpoint)")->required();
+    cmd->add_option("--base-kv-bits", o->base_kv_bits,
+                    "KV-cache bits of the base (default: as its checkpoint says; --kv-bits applies to the model only)");
     add_window_flags(cmd, o->w);
     add_common_options(cmd, o->common);
     cmd->callback([o] {
       apply_common_options(o->common);
-      auto base = load_model_and_tokenizer(o->base, o->common);
+      // The reference stays as its checkpoint says: a KV4 model is measured against the FP model.
+      CommonOptions base_common = o->common;
+      base_common.kv_bits = o->base_kv_bits;
+      auto base = load_model_and_tokenizer(o->base, base_common);
       auto lm = load_model_and_tokenizer(o->model, o->common, /*need_tokenizer=*/false);
       const auto text = load_eval_text(o->w.dataset);
       const auto tokens = tokenize_for_eval(*base.tokenizer, text.text);
@@ -139,6 +145,8 @@ void register_eval(CLI::App& app) {
         nlohmann::json j = {{"metric", "kl_divergence"},
                             {"model", o->model},
                             {"base", o->base},
+                            {"kv_bits", o->common.kv_bits},
+                            {"base_kv_bits", o->base_kv_bits},
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
                             {"run", run_info(o->common)}};

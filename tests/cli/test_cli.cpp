@@ -163,3 +163,19 @@ TEST(Cli, EvalTasksOnAUserFileWritesJsonComparesAndRejectsBadLines) {
   EXPECT_NE(r.output.find("line 2"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(never));
 }
+
+TEST(Cli, KldWithKvBitsMeasuresTheModelAgainstTheUnquantizedBase) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string j1 = dir / "self.json", j4 = dir / "kv4.json", jb = dir / "both.json";
+  const std::string m = stories260k_path(), w = " --seqlen 256 --max-windows 2 --json ";
+  ASSERT_EQ(run_toga("eval kld " + m + " --base " + m + w + j1).code, 0);
+  ASSERT_EQ(run_toga("eval kld " + m + " --base " + m + " --kv-bits 4" + w + j4).code, 0);
+  ASSERT_EQ(run_toga("eval kld " + m + " --base " + m + " --kv-bits 4 --base-kv-bits 4" + w + jb).code, 0);
+  const auto kld = [](const std::string& p) {
+    return nlohmann::json::parse(read_text_file(p))["result"]["mean_kld"].get<double>();
+  };
+  EXPECT_EQ(kld(j1), 0.0);
+  EXPECT_GT(kld(j4), 1e-3);  // KV4 changes the distribution; the base must not share it
+  EXPECT_EQ(kld(jb), 0.0);
+}
