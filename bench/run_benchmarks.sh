@@ -2,7 +2,7 @@
 # Builds and runs the forward-throughput and load-memory benchmarks, saves their JSON under
 # docs/results/, and prints the markdown tables of docs/BENCHMARKS.md.
 #
-#   bench/run_benchmarks.sh [all|forward|memory|tables] [extra bench_forward flags]
+#   bench/run_benchmarks.sh [all|forward|memory|gptq|tables] [extra bench_forward flags]
 #
 # e.g. bench/run_benchmarks.sh forward --benchmark_filter='peak|smollm2'
 # Environment: TOGA_BENCH_BUILD (build dir, default build-bench), TOGA_BENCH_RESULTS (default
@@ -25,7 +25,7 @@ export TOGA_SHARED=${TOGA_SHARED:-$root/../shared}
 mkdir -p "$results"
 if [[ $mode != tables ]]; then
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build" --target bench_forward bench_load_memory -j"$(nproc)" >/dev/null
+  cmake --build "$build" --target bench_forward bench_load_memory bench_gptq -j"$(nproc)" >/dev/null
 fi
 
 machine() {
@@ -53,6 +53,13 @@ if [[ $mode == all || $mode == memory ]]; then
   echo "uptime before memory: $(uptime)" | tee -a "$results/machine.txt" >&2
   "$build/bench_load_memory" --dir "$root/out/bench-llama32-1b" --json "$results/load_memory.json" >/dev/null
   echo "uptime after memory: $(uptime)" | tee -a "$results/machine.txt" >&2
+fi
+
+if [[ $mode == all || $mode == gptq ]]; then
+  echo "uptime before gptq: $(uptime)" | tee -a "$results/machine.txt" >&2
+  TOGA_BENCH_THREADS=${TOGA_BENCH_THREADS_GPTQ:-1} "$build/bench_gptq" --benchmark_out="$results/gptq.json" \
+    --benchmark_out_format=json >&2
+  echo "uptime after gptq: $(uptime)" | tee -a "$results/machine.txt" >&2
 fi
 
 python3 - "$results" <<'EOF'
@@ -138,4 +145,15 @@ if os.path.exists(mem_path):
         print(f'| {os.path.basename(r["checkpoint"])} | {r["format"]} | {r["dtype"]} | {mib(r["weights_bytes"]):.0f} | '
               f'{mib(r["peak_minus_before_bytes"]):.0f} | {r["ratio"]:.3f} | {mib(r["after_minus_before_bytes"]):.0f} | '
               f'{r["load_seconds"]:.1f} | {r["load1"]:.2f} |')
+
+gptq_path = os.path.join(results, "gptq.json")
+if os.path.exists(gptq_path):
+    data = json.load(open(gptq_path))
+    print("\n### GPTQ per linear layer, Llama-3.2-1B shapes (random weights; float ops 4N³/3 + R·N², plus 2·8192·N² for the Hessian)\n")
+    print("| benchmark | layer | seconds | GFLOP | GFLOP/s |\n|---|---|---:|---:|---:|")
+    for b in data["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration" or "error_occurred" in b:
+            continue
+        sec = b["real_time"] / 1000.0
+        print(f'| {b["name"].split("/")[0][3:]} | {b.get("label", b["name"])} | {sec:.2f} | {b["GFLOP/s"] * sec:.1f} | {b["GFLOP/s"]:.1f} |')
 EOF

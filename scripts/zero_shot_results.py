@@ -97,6 +97,14 @@ def harness_step(args, name, tasks, limit):
     return load(agree)
 
 
+def boolq_baselines(n):
+    """BoolQ's constant-answer accuracies on its first n items (the majority answer is "yes")."""
+    with open(os.path.join(SHARED, "tasks", "boolq", "val.jsonl")) as f:
+        labels = [json.loads(line)["label"] in (True, 1, "true") for line in f][:n]
+    yes = sum(labels) / len(labels)
+    return f" (always yes {100 * yes:.2f}, always no {100 * (1 - yes):.2f})"
+
+
 def pct(x):
     return f"{100 * x:.2f}"
 
@@ -176,7 +184,7 @@ def report(args, toga, harness, stories):
         for t in STANDARD:
             r = stories["tasks"][t]
             accn = pct(r["acc_norm"]) if "acc_norm" in r else "–"
-            ch = pct(CHANCE[t]) + (" (majority 62.17, always-no 37.83)" if t == "boolq" else "")
+            ch = pct(CHANCE[t]) + (boolq_baselines(r["n"]) if t == "boolq" else "")
             md.append(f"| {t} | {r['n']} | {pct(r['acc'])} ± {pct(r['acc_stderr'])} | {accn} | {ch} |")
         md += [""]
     md.append("<!-- results:end -->")
