@@ -318,7 +318,7 @@ std::vector<std::vector<RequestScore>> score_request_groups(const Model& model,
   }
   if (error) std::rethrow_exception(error);
 
-  // Longest first, as the harness orders its requests: the ETA overestimates, never under.
+  // Longest first, as the harness orders its requests.
   std::vector<size_t> order(groups.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
@@ -331,8 +331,21 @@ std::vector<std::vector<RequestScore>> score_request_groups(const Model& model,
   }
   std::vector<std::vector<RequestScore>> out(groups.size());
   for (size_t g = 0; g < groups.size(); ++g) out[g].assign(groups[g].size(), RequestScore{0.0, true});
-  Progress progress(opts.label, int64_t(groups.size()), opts.progress);
+  // Progress counts planned tokens, not items: items run longest first, so an item count would
+  // put the ETA several times too high early on.
+  auto planned_tokens = [&](size_t g) {
+    int64_t t = int64_t(plans[g].prefix.size());
+    for (const auto& r : plans[g].rows) t += int64_t(r.size());
+    return t;
+  };
+  int64_t work_total = 0, work_done = 0;
+  for (size_t g = 0; g < groups.size(); ++g) work_total += planned_tokens(g);
+  Progress progress(opts.label, std::max<int64_t>(work_total, 1), opts.progress);
   int64_t done = 0;
+  auto report = [&] {
+    progress.update(std::min(work_done, work_total), fmt::format("{}/{} items", done, groups.size()),
+                    st.tokens_forwarded);
+  };
 
   // Items without a shared prefix: their rows, longest first, batched across items.
   struct PooledRow {
@@ -365,9 +378,11 @@ std::vector<std::vector<RequestScore>> score_request_groups(const Model& model,
           reqs.push_back({int(k - a), plan.reqs[i].first, &plan.reqs[i].targets, &out[p.group][i]});
     }
     run_rows(model, rows, nullptr, {}, reqs, &st.tokens_forwarded);
-    for (size_t k = a; k < b; ++k)
+    for (size_t k = a; k < b; ++k) {
+      work_done += int64_t(plans[pool[k].group].rows[pool[k].row].size());
       if (--rows_left[pool[k].group] == 0) ++done;
-    progress.update(done, "", st.tokens_forwarded);
+    }
+    report();
     a = b;
   }
 
@@ -394,7 +409,8 @@ std::vector<std::vector<RequestScore>> score_request_groups(const Model& model,
       const std::vector<size_t> chunk(items.begin() + a, items.begin() + b);
       run_prefixed(model, plans, chunk, opts.batch_tokens, out, &st.tokens_forwarded);
       done += int64_t(chunk.size());
-      progress.update(done, "", st.tokens_forwarded);
+      for (size_t g : chunk) work_done += planned_tokens(g);
+      report();
       a = b;
     }
   }
