@@ -13,9 +13,8 @@ then `python3 scripts/quant_results.py --report-only` rewrites docs/RESULTS.md f
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
+
+from results_common import load, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -103,21 +102,6 @@ LADDER = [("W4A4 RTN", "w4a4_rtn", 16), ("+ 12.5% INT8 salient", "w4a4_rtn_s125_
           ("+ reorder", "w4a4_rtn_s125", 16), ("+ GPTQ", "w4a4_gptq_s125", 16), ("+ KV4", "w4a4_gptq_s125", 4)]
 
 
-def run(cmd, log):
-    print("+", " ".join(cmd), flush=True)
-    t0 = time.time()
-    with open(log, "a") as f:
-        f.write("+ " + " ".join(cmd) + "\n")
-        f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        sys.exit(f"command failed ({r.returncode}), see {log}: {' '.join(cmd)}")
-    return time.time() - t0
-
-
-def load(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def measure(args, model_key):

@@ -13,8 +13,9 @@ without it they are skipped and the report says so.
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+from results_common import load, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -48,19 +49,6 @@ HARNESS_RUNS = [
 STORIES_RUN = ("stories260k_l200", "all", 200)
 
 
-def run(cmd, log):
-    print("+", " ".join(cmd), flush=True)
-    with open(log, "a") as f:
-        f.write("+ " + " ".join(cmd) + "\n")
-        f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        sys.exit(f"command failed ({r.returncode}), see {log}: {' '.join(cmd)}")
-
-
-def load(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def toga_step(args, name, model, tasks, limit):
