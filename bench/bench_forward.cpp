@@ -186,15 +186,21 @@ void BM_DecodeLinear(benchmark::State& state, torch::Dtype dtype, bool mv, int t
   set_common_counters(state, threads, load, timer);
 }
 
-void BM_Prefill(benchmark::State& state, Which w, torch::Dtype dtype, int64_t seqlen, int threads) {
+// The benchmark's model, or nullptr after marking the case skipped (e.g. the shared data is absent).
+toga::Model* model_or_skip(benchmark::State& state, Which w, torch::Dtype dtype) {
   std::string error;
   toga::Model* m = get_model(w, dtype, &error);
   if (!m) {
     state.SkipWithError(error.c_str());
     for (auto _ : state) {
     }
-    return;
   }
+  return m;
+}
+
+void BM_Prefill(benchmark::State& state, Which w, torch::Dtype dtype, int64_t seqlen, int threads) {
+  toga::Model* m = model_or_skip(state, w, dtype);
+  if (!m) return;
   toga::set_threads(threads);
   const double load = toga::bench::load_average();
   torch::NoGradGuard ng;
@@ -220,14 +226,8 @@ void BM_Prefill(benchmark::State& state, Which w, torch::Dtype dtype, int64_t se
 // The cache is filled with random keys and values instead of a prefill: a decode step costs the
 // same whatever they hold, and this spares minutes of single-thread prefill per case.
 void BM_Decode(benchmark::State& state, Which w, torch::Dtype dtype, int64_t context, int64_t steps, int threads) {
-  std::string error;
-  toga::Model* m = get_model(w, dtype, &error);
-  if (!m) {
-    state.SkipWithError(error.c_str());
-    for (auto _ : state) {
-    }
-    return;
-  }
+  toga::Model* m = model_or_skip(state, w, dtype);
+  if (!m) return;
   toga::set_threads(threads);
   const double load = toga::bench::load_average();
   torch::NoGradGuard ng;
