@@ -1,6 +1,8 @@
 #include "io/model_config.h"
 
 #include <map>
+#include <optional>
+#include <set>
 
 #include "util/error.h"
 
@@ -37,6 +39,148 @@ static T get_or(const nlohmann::json& j, const char* key, T fallback) {
   return it->get<T>();
 }
 
+namespace {
+
+// One RoPE description: transformers v5's `rope_parameters` or the older `rope_scaling`.
+struct RopeDict {
+  std::optional<double> theta;
+  std::optional<int> original_max_position_embeddings;
+  RopeScaling scaling;
+};
+
+std::optional<double> optional_double(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  return it->get<double>();
+}
+
+std::string describe(const RopeDict& d) {
+  const auto& s = d.scaling;
+  std::string out = fmt::format("rope_type {}", s.type == "none" ? "default" : s.type);
+  if (s.type != "none") out += fmt::format(", factor {}", s.factor);
+  if (s.type == "llama3")
+    out += fmt::format(", low_freq_factor {}, high_freq_factor {}", s.low_freq_factor, s.high_freq_factor);
+  if (d.original_max_position_embeddings)
+    out += fmt::format(", original_max_position_embeddings {}", *d.original_max_position_embeddings);
+  if (d.theta) out += fmt::format(", rope_theta {}", *d.theta);
+  return out;
+}
+
+// Reads one RoPE dictionary. Any key outside what toga computes is an error rather than ignored:
+// transformers applies yarn's attention_factor, mrope sections or a partial rotary dimension in the
+// forward, so skipping them would run a different model without a word.
+RopeDict parse_rope_dict(const nlohmann::json& r, const char* key, const std::string& where) {
+  if (!r.is_object()) fail_file(where, "'{}' is not a JSON object", key);
+  static const std::set<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
+                                              "low_freq_factor", "high_freq_factor",
+                                              "original_max_position_embeddings"};
+  for (const auto& [name, value] : r.items()) {
+    if (value.is_object())  // v5 nests one dictionary per layer type for models that mix RoPE settings
+      fail_file(where, "per-layer-type '{}' ('{}') are not supported", key, name);
+    if (!known.count(name) && !value.is_null())
+      fail_file(where, "unsupported '{}' entry '{}' (toga implements rope_theta and the default, linear and llama3 "
+                       "rope types)", key, name);
+  }
+  const std::string rope_type = get_or<std::string>(r, "rope_type", ""), type = get_or<std::string>(r, "type", "");
+  if (!rope_type.empty() && !type.empty() && rope_type != type)
+    fail_file(where, "'{}' has rope_type '{}' but type '{}'", key, rope_type, type);
+  const std::string t = rope_type.empty() ? (type.empty() ? "default" : type) : rope_type;
+  const double partial = get_or<double>(r, "partial_rotary_factor", 1.0);
+  if (partial != 1.0)
+    fail_file(where, "'{}' partial_rotary_factor {} is not supported (toga rotates the whole head)", key, partial);
+
+  RopeDict d;
+  d.theta = optional_double(r, "rope_theta");
+  if (r.contains("original_max_position_embeddings") && !r["original_max_position_embeddings"].is_null())
+    d.original_max_position_embeddings = r["original_max_position_embeddings"].get<int>();
+  auto need = [&](const char* name) {
+    auto v = optional_double(r, name);
+    if (!v) fail_file(where, "'{}' of rope_type '{}' has no '{}'", key, t, name);
+    if (!(*v > 0)) fail_file(where, "'{}' {} must be positive, got {}", key, name, *v);
+    return *v;
+  };
+  if (t == "default") {
+    // no scaling
+  } else if (t == "linear") {
+    d.scaling.type = "linear";
+    d.scaling.factor = need("factor");
+  } else if (t == "llama3") {
+    d.scaling.type = "llama3";
+    d.scaling.factor = need("factor");
+    d.scaling.low_freq_factor = need("low_freq_factor");
+    d.scaling.high_freq_factor = need("high_freq_factor");
+    if (!(d.scaling.high_freq_factor > d.scaling.low_freq_factor))
+      fail_file(where, "'{}' high_freq_factor {} must exceed low_freq_factor {}", key, d.scaling.high_freq_factor,
+                d.scaling.low_freq_factor);
+  } else {
+    fail_file(where, "unsupported '{}' rope_type '{}' (supported: default, linear, llama3)", key, t);
+  }
+  return d;
+}
+
+bool same_rope(const RopeDict& a, const RopeDict& b) {
+  const auto& x = a.scaling;
+  const auto& y = b.scaling;
+  if (x.type != y.type) return false;
+  if (a.theta && b.theta && *a.theta != *b.theta) return false;
+  if (x.type == "none") return true;
+  if (x.factor != y.factor) return false;
+  if (x.type == "linear") return true;
+  return x.low_freq_factor == y.low_freq_factor && x.high_freq_factor == y.high_freq_factor &&
+         (!a.original_max_position_embeddings || !b.original_max_position_embeddings ||
+          *a.original_max_position_embeddings == *b.original_max_position_embeddings);
+}
+
+// transformers v5 writes every RoPE setting, theta included, into `rope_parameters`; v4 wrote
+// `rope_theta` at the top level and the scaling in `rope_scaling`. v5 still reads the old layout,
+// so checkpoints of either kind exist, and edited ones with both. Where two places set the same
+// value they must agree: which one the author meant is not ours to guess.
+void parse_rope(const nlohmann::json& j, ModelConfig& c, const std::string& where) {
+  const double partial = get_or<double>(j, "partial_rotary_factor", 1.0);
+  if (partial != 1.0)
+    fail_file(where, "partial_rotary_factor {} is not supported (toga rotates the whole head)", partial);
+  std::optional<RopeDict> params, scaling;
+  if (j.contains("rope_parameters") && !j["rope_parameters"].is_null())
+    params = parse_rope_dict(j["rope_parameters"], "rope_parameters", where);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    scaling = parse_rope_dict(j["rope_scaling"], "rope_scaling", where);
+  if (params && scaling && !same_rope(*params, *scaling))
+    fail_file(where, "'rope_parameters' ({}) and 'rope_scaling' ({}) disagree", describe(*params),
+              describe(*scaling));
+  RopeDict d = params ? *params : scaling ? *scaling : RopeDict{};
+  if (params && scaling) {
+    if (!d.theta) d.theta = scaling->theta;
+    if (!d.original_max_position_embeddings)
+      d.original_max_position_embeddings = scaling->original_max_position_embeddings;
+  }
+
+  const auto top_theta = optional_double(j, "rope_theta");
+  if (d.theta && top_theta && *d.theta != *top_theta)
+    fail_file(where, "'rope_theta' {} disagrees with the {} rope_theta {}", *top_theta,
+              params ? "rope_parameters" : "rope_scaling", *d.theta);
+  c.rope_theta = d.theta ? *d.theta : top_theta ? *top_theta : 10000.0;
+  c.rope_scaling = d.scaling;
+
+  if (c.rope_scaling.type == "llama3") {
+    // As transformers v5 does: the pretraining length may sit beside the scaling or at the top
+    // level, and falls back to max_position_embeddings.
+    std::optional<int> top;
+    if (j.contains("original_max_position_embeddings") && !j["original_max_position_embeddings"].is_null())
+      top = j["original_max_position_embeddings"].get<int>();
+    auto& nested = d.original_max_position_embeddings;
+    if (nested && top && *nested != *top)
+      fail_file(where, "'original_max_position_embeddings' {} disagrees with the rope scaling's {}", *top, *nested);
+    if (!nested) nested = top;
+    if (!nested && j.contains("max_position_embeddings") && !j["max_position_embeddings"].is_null())
+      nested = j["max_position_embeddings"].get<int>();
+    if (!nested) fail_file(where, "llama3 rope scaling without original_max_position_embeddings");
+    if (*nested <= 0) fail_file(where, "original_max_position_embeddings must be positive, got {}", *nested);
+    c.rope_scaling.original_max_position_embeddings = *nested;
+  }
+}
+
+}  // namespace
+
 ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string& where) {
   ModelConfig c;
   try {
@@ -69,7 +213,6 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
     c.head_dim = get_or<int>(j, "head_dim", c.hidden_size / c.num_attention_heads);
     c.max_position_embeddings = get_or<int>(j, "max_position_embeddings", 2048);
     c.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6);
-    c.rope_theta = get_or<double>(j, "rope_theta", 10000.0);
     c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false);
     c.torch_dtype = get_or<std::string>(j, "torch_dtype", get_or<std::string>(j, "dtype", "float32"));
     c.bos_token_id = get_or<int>(j, "bos_token_id", -1);
@@ -97,25 +240,7 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
         if (get_or<bool>(j, "use_sliding_window", false)) c.sliding_window = get_or<int>(j, "sliding_window", 0);
         break;
     }
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-      const auto& r = j["rope_scaling"];
-      std::string type = get_or<std::string>(r, "rope_type", get_or<std::string>(r, "type", ""));
-      if (type == "llama3") {
-        c.rope_scaling.type = "llama3";
-        c.rope_scaling.factor = r.at("factor").get<double>();
-        c.rope_scaling.low_freq_factor = get_or<double>(r, "low_freq_factor", 1.0);
-        c.rope_scaling.high_freq_factor = get_or<double>(r, "high_freq_factor", 4.0);
-        c.rope_scaling.original_max_position_embeddings =
-            get_or<int>(r, "original_max_position_embeddings", 8192);
-      } else if (type == "linear") {
-        c.rope_scaling.type = "linear";
-        c.rope_scaling.factor = r.at("factor").get<double>();
-      } else if (type == "default" || type.empty()) {
-        // no scaling
-      } else {
-        fail_file(where, "unsupported rope_scaling type '{}' (supported: llama3, linear)", type);
-      }
-    }
+    parse_rope(j, c, where);
   } catch (const nlohmann::json::exception& e) {
     fail_file(where, "malformed config: {}", e.what());
   }
@@ -155,6 +280,9 @@ nlohmann::json ModelConfig::to_hf_json() const {
   j["vocab_size"] = vocab_size;
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
+  // RoPE is written in the v4 layout (`rope_theta`, `rope_scaling`) on purpose: transformers v5
+  // converts it into `rope_parameters` on load, while v4 and the tools built on it do not know
+  // `rope_parameters` and would silently fall back to theta 10000 without scaling.
   j["rope_theta"] = rope_theta;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["hidden_act"] = "silu";
@@ -184,7 +312,6 @@ nlohmann::json ModelConfig::to_hf_json() const {
 }  // namespace toga
 
 #include <cstring>
-#include <set>
 
 #include "io/tensor_source.h"
 
