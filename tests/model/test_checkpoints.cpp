@@ -47,6 +47,37 @@ void write_checkpoint(const std::string& dir, const ModelConfig& c, ReferenceWei
   write_hf_checkpoint(dir, c, tensors, opts);
 }
 
+// Rewrites a checkpoint's config.json as transformers v5 saves it: every RoPE setting inside
+// `rope_parameters` (no top-level rope_theta, no rope_scaling), `dtype` for torch_dtype, and for
+// Qwen2/Qwen3 the explicit `layer_types`.
+void rewrite_config_as_v5(const std::string& dir, const ModelConfig& c) {
+  const std::string path = dir + "/config.json";
+  auto j = nlohmann::json::parse(read_text_file(path));
+  nlohmann::json rope = {{"rope_theta", c.rope_theta}, {"rope_type", "default"}};
+  const auto& s = c.rope_scaling;
+  if (s.type == "llama3") {
+    rope = {{"rope_theta", c.rope_theta}, {"rope_type", "llama3"}, {"factor", s.factor},
+            {"low_freq_factor", s.low_freq_factor}, {"high_freq_factor", s.high_freq_factor},
+            {"original_max_position_embeddings", s.original_max_position_embeddings}};
+  } else if (s.type == "linear") {
+    rope = {{"rope_theta", c.rope_theta}, {"rope_type", "linear"}, {"factor", s.factor}};
+  }
+  j.erase("rope_theta");
+  j.erase("rope_scaling");
+  j["rope_parameters"] = rope;
+  j["dtype"] = j.at("torch_dtype");
+  j.erase("torch_dtype");
+  if (c.family == Family::Qwen2 || c.family == Family::Qwen3) {
+    j["layer_types"] = std::vector<std::string>(c.num_hidden_layers, "full_attention");
+    j["use_sliding_window"] = false;
+    j["max_window_layers"] = 28;
+    // v5 itself writes null; Qwen2.5's files keep a value that use_sliding_window switches off.
+    j["sliding_window"] = c.family == Family::Qwen2 ? nlohmann::json(4096) : nlohmann::json();
+  }
+  j["transformers_version"] = "5.25.0";
+  write_text_atomically(path, j.dump(2));
+}
+
 double max_abs_diff(const torch::Tensor& logits, const std::vector<Vec>& ref) {
   const auto l = logits.to(torch::kFloat64).contiguous();
   const double* p = l.data_ptr<double>();
@@ -63,6 +94,7 @@ TEST(Checkpoints, EveryLayoutMatchesTheFloat64Reference) {
   struct Case {
     std::string name;
     ModelConfig config;
+    bool v5_layout = false;  // config.json as transformers v5 writes it
   };
   std::vector<Case> cases;
   auto llama = tiny_config(Family::Llama);
@@ -79,6 +111,22 @@ TEST(Checkpoints, EveryLayoutMatchesTheFloat64Reference) {
   cases.push_back({"mistral", tiny_config(Family::Mistral)});
   cases.push_back({"qwen2_biases", tiny_config(Family::Qwen2)});
   cases.push_back({"qwen3_qk_norm", tiny_config(Family::Qwen3)});
+  // The v5 layout with settings that differ from every default, so a RoPE read wrongly shows.
+  auto l3_v5 = l3;
+  l3_v5.rope_scaling.factor = 8;
+  l3_v5.rope_scaling.low_freq_factor = 2;
+  l3_v5.rope_scaling.high_freq_factor = 8;
+  cases.push_back({"llama3_gqa_v5", l3_v5, true});
+  auto linear_v5 = llama;
+  linear_v5.rope_theta = 50000;
+  linear_v5.rope_scaling.type = "linear";
+  linear_v5.rope_scaling.factor = 4;
+  cases.push_back({"llama_linear_v5", linear_v5, true});
+  for (Family f : {Family::Qwen2, Family::Qwen3, Family::Mistral}) {
+    auto c = tiny_config(f);
+    c.rope_theta = 1000000;
+    cases.push_back({std::string(family_name(f)) + "_v5", c, true});
+  }
   int seed = 100;
   for (auto& cs : cases) {
     for (DType dtype : {DType::F32, DType::BF16}) {
@@ -87,15 +135,20 @@ TEST(Checkpoints, EveryLayoutMatchesTheFloat64Reference) {
         auto w = random_weights(cs.config, ++seed);
         const std::string path = dir / (cs.name + std::to_string(seed));
         write_checkpoint(path, cs.config, w, dtype, shard);
+        if (cs.v5_layout) rewrite_config_as_v5(path, cs.config);
         EXPECT_EQ(std::filesystem::exists(path + "/model.safetensors.index.json"), shard < 1000000);
         const Checkpoint ck = open_checkpoint(path);
         EXPECT_EQ(ck.config.architecture, cs.config.architecture);
+        EXPECT_EQ(ck.config.rope_theta, cs.config.rope_theta);
+        EXPECT_EQ(ck.config.rope_scaling.type, cs.config.rope_scaling.type);
+        EXPECT_EQ(ck.config.sliding_window, cs.config.sliding_window);
         const Model m = load_model(ck);
         std::vector<int> ids = {3, 17, 5, 60, 2, 9, 33, 41, 7};
         std::vector<int64_t> ids64(ids.begin(), ids.end());
         torch::NoGradGuard ng;
         const auto logits = m.forward(torch::tensor(ids64).unsqueeze(0))[0];
-        EXPECT_LT(max_abs_diff(logits, reference_forward(ck.config, w, ids)), 2e-4);
+        // The reference gets the intended config, not what toga read from the file.
+        EXPECT_LT(max_abs_diff(logits, reference_forward(cs.config, w, ids)), 2e-4);
       }
     }
   }
