@@ -179,6 +179,62 @@ void parse_rope(const nlohmann::json& j, ModelConfig& c, const std::string& wher
   }
 }
 
+// The forward applies one attention kind to every layer: causal, or causal within `sliding_window`.
+// transformers decides per layer: `layer_types` when written (v5 always writes it for Qwen2/Qwen3),
+// otherwise, for Qwen2/Qwen3, sliding from layer `max_window_layers` on once `use_sliding_window`
+// is set. Mistral's model reads `sliding_window` alone and applies it everywhere. A mix of kinds,
+// or a kind toga would not run, is an error.
+void parse_attention_layers(const nlohmann::json& j, ModelConfig& c, const std::string& where) {
+  const int n = c.num_hidden_layers;
+  if (n <= 0) return;  // validate() names the problem
+  // transformers' own default where the key is missing; null means no window.
+  std::optional<int> window = 4096;
+  if (j.contains("sliding_window")) {
+    if (j["sliding_window"].is_null()) window.reset();
+    else window = j["sliding_window"].get<int>();
+  }
+
+  std::vector<std::string> kinds;
+  if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const auto& lt = j["layer_types"];
+    if (!lt.is_array() || static_cast<int>(lt.size()) != n)
+      fail_file(where, "'layer_types' must list one entry per layer ({})", n);
+    for (const auto& k : lt) kinds.push_back(k.get<std::string>());
+  }
+
+  if (c.family == Family::Qwen2 || c.family == Family::Qwen3) {
+    if (!get_or<bool>(j, "use_sliding_window", false)) window.reset();
+    if (kinds.empty()) {
+      const int max_window_layers = get_or<int>(j, "max_window_layers", 28);
+      for (int i = 0; i < n; ++i)
+        kinds.push_back(window && i >= max_window_layers ? "sliding_attention" : "full_attention");
+    }
+    for (int i = 0; i < n; ++i) {
+      if (kinds[i] != "full_attention" && kinds[i] != "sliding_attention")
+        fail_file(where, "unsupported layer type '{}' in layer {} of 'layer_types'", kinds[i], i);
+      if (kinds[i] != kinds[0])
+        fail_file(where, "layer {} is {} but layer 0 is {}: per-layer sliding-window attention is not supported", i,
+                  kinds[i], kinds[0]);
+    }
+    if (kinds[0] == "sliding_attention") {
+      if (!window) fail_file(where, "'layer_types' has sliding_attention layers but no sliding window is in use");
+      if (*window <= 0) fail_file(where, "sliding_window must be positive, got {}", *window);
+      c.sliding_window = *window;
+    }
+  } else if (c.family == Family::Mistral) {
+    c.sliding_window = window.value_or(0);
+  }
+  if (c.sliding_window < 0) fail_file(where, "sliding_window must be positive, got {}", c.sliding_window);
+
+  // For Llama and Mistral transformers ignores `layer_types`; one that says otherwise than the
+  // forward describes another model.
+  const std::string runs = c.sliding_window > 0 ? "sliding_attention" : "full_attention";
+  for (int i = 0; i < static_cast<int>(kinds.size()); ++i)
+    if (kinds[i] != runs)
+      fail_file(where, "layer {} is '{}' in 'layer_types', but a {} model with this config runs every layer as {}", i,
+                kinds[i], family_name(c.family), runs);
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string& where) {
@@ -227,19 +283,20 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
         c.mlp_bias = get_or<bool>(j, "mlp_bias", false);
         break;
       case Family::Mistral:
-        c.sliding_window = get_or<int>(j, "sliding_window", 0);
         break;
       case Family::Qwen2:
         c.attention_bias = true;
-        if (get_or<bool>(j, "use_sliding_window", false)) c.sliding_window = get_or<int>(j, "sliding_window", 0);
         break;
       case Family::Qwen3:
         c.attention_bias = get_or<bool>(j, "attention_bias", false);
         c.o_proj_bias = c.attention_bias;
         c.qk_norm = true;
-        if (get_or<bool>(j, "use_sliding_window", false)) c.sliding_window = get_or<int>(j, "sliding_window", 0);
         break;
     }
+    // transformers maps both names to SiLU; the forward has no other activation.
+    const std::string act = get_or<std::string>(j, "hidden_act", "silu");
+    if (act != "silu" && act != "swish") fail_file(where, "unsupported hidden_act '{}' (supported: silu)", act);
+    parse_attention_layers(j, c, where);
     parse_rope(j, c, where);
   } catch (const nlohmann::json::exception& e) {
     fail_file(where, "malformed config: {}", e.what());
@@ -292,7 +349,10 @@ nlohmann::json ModelConfig::to_hf_json() const {
   if (family == Family::Mistral) j["sliding_window"] = sliding_window > 0 ? nlohmann::json(sliding_window) : nlohmann::json();
   if ((family == Family::Qwen2 || family == Family::Qwen3)) {
     j["use_sliding_window"] = sliding_window > 0;
-    if (sliding_window > 0) j["sliding_window"] = sliding_window;
+    if (sliding_window > 0) {
+      j["sliding_window"] = sliding_window;
+      j["max_window_layers"] = 0;  // the window covers every layer, as in toga's forward (default: from 28 on)
+    }
   }
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];

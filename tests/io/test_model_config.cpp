@@ -1,6 +1,6 @@
 // config.json parsing: both RoPE layouts (transformers v4's rope_theta + rope_scaling, v5's
-// rope_parameters), and every setting toga does not implement being a one-line error that names the
-// file.
+// rope_parameters), per-layer attention kinds, and every setting toga does not implement being a
+// one-line error that names the file.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -50,6 +50,15 @@ const char* kV5Mistral =
 "model_type":"mistral","num_attention_heads":4,"num_hidden_layers":2,"num_key_value_heads":2,"pad_token_id":null,
 "rms_norm_eps":1e-06,"rope_parameters":{"rope_theta":10000.0,"rope_type":"default"},"sliding_window":5,
 "tie_word_embeddings":false,"transformers_version":"5.25.0","use_cache":true,"vocab_size":61})";
+// Qwen2Config(num_hidden_layers=4, use_sliding_window=True, sliding_window=16, max_window_layers=2),
+// as transformers 5.25.0 saves it: the last two layers slide, the first two do not.
+const char* kV5Qwen2MixedWindow =
+    R"({"architectures":["Qwen2ForCausalLM"],"hidden_act":"silu","hidden_size":32,"intermediate_size":48,
+"layer_types":["full_attention","full_attention","sliding_attention","sliding_attention"],
+"max_position_embeddings":32768,"max_window_layers":2,"model_type":"qwen2","num_attention_heads":4,
+"num_hidden_layers":4,"num_key_value_heads":2,"rms_norm_eps":1e-06,"rope_parameters":{"rope_theta":10000.0,
+"rope_type":"default"},"sliding_window":16,"tie_word_embeddings":false,"use_sliding_window":true,"vocab_size":61})";
+
 // A Llama-3.1-style config in the v4 layout.
 json v4_llama3() {
   return json::parse(R"({"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":32,
@@ -225,6 +234,72 @@ TEST(ModelConfig, UnsupportedRopeSettingsAreOneLineErrorsNamingTheFile) {
   j["rope_parameters"] = "llama3";
   expect_config_error(j, "'rope_parameters' is not a JSON object");
 
+  j = json::parse(kV5Llama3);
+  j["hidden_act"] = "gelu";
+  expect_config_error(j, "unsupported hidden_act 'gelu'");
+}
+
+TEST(ModelConfig, SlidingWindowLayersTogaWouldNotRunAreErrors) {
+  expect_config_error(json::parse(kV5Qwen2MixedWindow),
+                      "layer 2 is sliding_attention but layer 0 is full_attention: per-layer sliding-window attention "
+                      "is not supported");
+  // Without layer_types (a v4 file) the same mix follows from max_window_layers.
+  auto j = json::parse(kV5Qwen2MixedWindow);
+  j.erase("layer_types");
+  expect_config_error(j, "per-layer sliding-window attention is not supported");
+  j["max_window_layers"] = 1;
+  j["num_hidden_layers"] = 2;
+  expect_config_error(j, "layer 1 is sliding_attention but layer 0 is full_attention");
+
+  // Llama applies no window: layer_types asking for one describe another model.
+  j = json::parse(kV5Llama3);
+  j["layer_types"] = {"full_attention", "sliding_attention"};
+  expect_config_error(j, "layer 1 is 'sliding_attention' in 'layer_types', but a llama model with this config runs "
+                         "every layer as full_attention");
+  j = json::parse(kV5Mistral);
+  j["layer_types"] = {"sliding_attention", "full_attention"};
+  expect_config_error(j, "layer 1 is 'full_attention' in 'layer_types'");
+  j = json::parse(kV5Qwen3);
+  j["layer_types"] = {"sliding_attention", "sliding_attention"};  // use_sliding_window is false
+  expect_config_error(j, "'layer_types' has sliding_attention layers but no sliding window is in use");
+  j = json::parse(kV5Qwen3);
+  j["layer_types"] = {"chunked_attention", "chunked_attention"};
+  expect_config_error(j, "unsupported layer type 'chunked_attention' in layer 0 of 'layer_types'");
+  j = json::parse(kV5Qwen3);
+  j["layer_types"] = {"full_attention"};
+  expect_config_error(j, "'layer_types' must list one entry per layer (2)");
+}
+
+TEST(ModelConfig, WindowSettingsThatAgreeWithTheForwardAreAccepted) {
+  // Qwen2.5 files carry a sliding_window value with use_sliding_window false: no window.
+  auto j = json::parse(kV5Qwen2);
+  j.erase("layer_types");
+  j["sliding_window"] = 131072;
+  EXPECT_EQ(parse(j).sliding_window, 0);
+  // use_sliding_window with max_window_layers past the last layer: every layer is full attention.
+  j["use_sliding_window"] = true;
+  j["max_window_layers"] = 2;
+  EXPECT_EQ(parse(j).sliding_window, 0);
+  // ... and from layer 0 on, every layer slides: that is toga's sliding window.
+  j["max_window_layers"] = 0;
+  j["sliding_window"] = 7;
+  EXPECT_EQ(parse(j).sliding_window, 7);
+  j["layer_types"] = {"sliding_attention", "sliding_attention"};
+  EXPECT_EQ(parse(j).sliding_window, 7);
+
+  // Llama layer_types that are all full attention say what toga does.
+  j = json::parse(kV5Llama3);
+  j["layer_types"] = {"full_attention", "full_attention"};
+  EXPECT_EQ(parse(j).sliding_window, 0);
+
+  // Mistral: transformers' default window where the key is missing; null is none.
+  j = json::parse(kV5Mistral);
+  j.erase("sliding_window");
+  EXPECT_EQ(parse(j).sliding_window, 4096);
+  j["sliding_window"] = nullptr;
+  EXPECT_EQ(parse(j).sliding_window, 0);
+  j["layer_types"] = {"full_attention", "full_attention"};
+  EXPECT_EQ(parse(j).sliding_window, 0);
 }
 
 TEST(ModelConfig, WritesTheV4LayoutThatBothTransformersVersionsRead) {
@@ -235,6 +310,16 @@ TEST(ModelConfig, WritesTheV4LayoutThatBothTransformersVersionsRead) {
   EXPECT_EQ(out.at("rope_scaling").at("rope_type"), "llama3");
   expect_llama3(parse(out), 32.0, 8192);
 
+  // A Qwen window over every layer must say so: transformers starts it at layer 28 by default.
+  auto j = json::parse(kV5Qwen2);
+  j.erase("layer_types");
+  j["use_sliding_window"] = true;
+  j["sliding_window"] = 7;
+  j["max_window_layers"] = 0;
+  const auto q = parse(j);
+  const json qj = q.to_hf_json();
+  EXPECT_EQ(qj.at("max_window_layers"), 0);
+  EXPECT_EQ(parse(qj).sliding_window, 7);
   for (const char* text : {kV5Qwen2, kV5Qwen3, kV5Mistral}) {
     const auto c = parse(json::parse(text));
     const auto back = parse(c.to_hf_json());
