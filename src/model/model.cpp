@@ -40,8 +40,15 @@ void KVCache::broadcast_batch(int64_t n) {
     for (auto& t : *list) t = t.narrow(0, 0, 1).expand({n, t.size(1), t.size(2), t.size(3)}).contiguous();
 }
 
+// Reduced-precision models take statistics, RoPE angles and softmax in float32, as Hugging Face
+// does; a float64 model stays float64 throughout, so that gradient checks by finite differences
+// are not swamped by float32 rounding. float32 and bf16 run exactly the ops they always did.
+static torch::ScalarType stats_dtype(torch::ScalarType t) {
+  return t == torch::kDouble ? torch::kDouble : torch::kFloat32;
+}
+
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps) {
-  const auto xf = x.to(torch::kFloat32);
+  const auto xf = x.to(stats_dtype(x.scalar_type()));
   const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return gain * normed.to(x.scalar_type());
 }
@@ -104,9 +111,11 @@ torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t st
   k = k.transpose(1, 2);  // [B, nkv, T, d]
   v = v.transpose(1, 2);
 
-  // RoPE (rotate halves, HF layout); angles in float32 then cast, as HF does.
-  const auto pos = torch::arange(start_pos, start_pos + T, torch::TensorOptions().dtype(torch::kFloat32).device(h.device()));
-  const auto freqs = torch::outer(pos, rope_inv_freq.to(h.device()));
+  // RoPE (rotate halves, HF layout); angles in float32 then cast, as HF does (float64 for a float64
+  // model; its inverse frequencies are still the float32 ones).
+  const auto angle_dtype = stats_dtype(q.scalar_type());
+  const auto pos = torch::arange(start_pos, start_pos + T, torch::TensorOptions().dtype(angle_dtype).device(h.device()));
+  const auto freqs = torch::outer(pos, rope_inv_freq.to(h.device(), angle_dtype));
   const auto emb = torch::cat({freqs, freqs}, -1);
   const auto cos = emb.cos().to(q.scalar_type()), sin = emb.sin().to(q.scalar_type());
   q = q * cos + rotate_half(q) * sin;
@@ -167,7 +176,7 @@ torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t st
     auto masked = kpos > qpos;
     if (c.sliding_window > 0) masked = masked.logical_or(kpos <= qpos - c.sliding_window);
     scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
-    const auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+    const auto probs = torch::softmax(scores, -1, stats_dtype(q.scalar_type())).to(q.scalar_type());
     outs.push_back(torch::matmul(probs, vc));  // [B, nkv, g, tn, d]
   }
   auto attn = outs.size() == 1 ? outs[0] : torch::cat(outs, 3);

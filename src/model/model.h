@@ -99,7 +99,8 @@ struct LoadOptions {
 // source pages released as it goes, so loading peaks near the size of the loaded weights.
 Model load_model(const Checkpoint& ckpt, const LoadOptions& opts = {});
 
-// RMSNorm as Hugging Face computes it: statistics in float32, result cast back, times the gain.
+// RMSNorm as Hugging Face computes it: statistics in float32 (float64 for a float64 input), result
+// cast back, times the gain.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gain, double eps);
 
 // Inverse RoPE frequencies [head_dim/2] with the config's rope scaling applied (llama3, linear).
