@@ -4,21 +4,13 @@
 #include "model/model.h"
 #include "reference_llama.h"
 #include "test_util.h"
+#include "tiny_model.h"
 #include "util/error.h"
 
 using namespace toga;
 using namespace toga::test;
 
 namespace {
-
-Model build(const ModelConfig& c, const ReferenceWeights& w, LoadOptions opts = {}) {
-  Checkpoint ck;
-  ck.config = c;
-  auto src = std::make_unique<MemoryTensorSource>("memory");
-  fill_source(w, *src);
-  ck.tensors = std::move(src);
-  return load_model(ck, opts);
-}
 
 std::vector<int> random_ids(int n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -70,7 +62,7 @@ TEST(Forward, MatchesFloat64ReferenceForEveryLayout) {
   for (const auto& layout : layouts()) {
     SCOPED_TRACE(layout.name);
     const auto w = random_weights(layout.config, 7);
-    const Model m = build(layout.config, w);
+    const Model m = build_model(layout.config, w);
     const auto ids = random_ids(11, layout.config.vocab_size, 3);
     const auto ref = reference_forward(layout.config, w, ids);
     std::vector<int64_t> ids64(ids.begin(), ids.end());
@@ -85,7 +77,7 @@ TEST(Forward, Bfloat16StaysCloseToReference) {
   const auto w = random_weights(c, 9);
   LoadOptions opts;
   opts.dtype = torch::kBFloat16;
-  const Model m = build(c, w, opts);
+  const Model m = build_model(c, w, opts);
   const auto ids = random_ids(9, c.vocab_size, 4);
   const auto ref = reference_forward(c, w, ids);
   std::vector<int64_t> ids64(ids.begin(), ids.end());
@@ -98,7 +90,7 @@ TEST(Forward, Bfloat16StaysCloseToReference) {
 
 TEST(Forward, BatchedRowsEqualSingleRows) {
   const auto c = tiny_config(Family::Qwen3);
-  const Model m = build(c, random_weights(c, 5));
+  const Model m = build_model(c, random_weights(c, 5));
   torch::NoGradGuard ng;
   const auto ids = torch::randint(c.vocab_size, {3, 10}, torch::kLong);
   const auto batched = m.forward(ids);
@@ -109,7 +101,7 @@ TEST(Forward, BatchedRowsEqualSingleRows) {
 TEST(Forward, KVCacheDecodingEqualsFullForward) {
   for (const auto& layout : layouts()) {
     SCOPED_TRACE(layout.name);
-    const Model m = build(layout.config, random_weights(layout.config, 11));
+    const Model m = build_model(layout.config, random_weights(layout.config, 11));
     torch::NoGradGuard ng;
     for (int64_t batch : {1, 2}) {  // batch 1 decodes through the GEMV path
       const auto ids = torch::randint(layout.config.vocab_size, {batch, 13}, torch::kLong);
@@ -126,7 +118,7 @@ TEST(Forward, KVCacheDecodingEqualsFullForward) {
 
 TEST(Forward, SharedPrefixCacheBroadcast) {
   const auto c = tiny_config(Family::Llama);
-  const Model m = build(c, random_weights(c, 13));
+  const Model m = build_model(c, random_weights(c, 13));
   torch::NoGradGuard ng;
   const auto prefix = torch::randint(c.vocab_size, {1, 6}, torch::kLong);
   const auto tails = torch::randint(c.vocab_size, {3, 4}, torch::kLong);
@@ -140,7 +132,7 @@ TEST(Forward, SharedPrefixCacheBroadcast) {
 
 TEST(Forward, PermutedInputChannelsLeaveLogitsUnchanged) {
   const auto c = tiny_config(Family::Llama);
-  Model m = build(c, random_weights(c, 17));
+  Model m = build_model(c, random_weights(c, 17));
   torch::NoGradGuard ng;
   const auto ids = torch::randint(c.vocab_size, {1, 9}, torch::kLong);
   const auto before = m.forward(ids);
@@ -154,7 +146,7 @@ TEST(Forward, PermutedInputChannelsLeaveLogitsUnchanged) {
 
 TEST(Forward, ObserversSeeEverySiteInput) {
   const auto c = tiny_config(Family::Llama);
-  Model m = build(c, random_weights(c, 19));
+  Model m = build_model(c, random_weights(c, 19));
   std::map<std::string, int64_t> seen;
   for (auto* s : m.block_sites())
     s->observers.push_back([&](const LinearSite& site, const torch::Tensor& x) {
@@ -172,7 +164,7 @@ TEST(Forward, NonFiniteWeightIsAClearError) {
   auto w = random_weights(c, 23);
   w.t[names::layer(1, "mlp.up_proj.weight")].second[5] = std::nanf("");
   try {
-    build(c, w);
+    build_model(c, w);
     FAIL() << "expected an error";
   } catch (const toga::Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << e.what();
@@ -182,7 +174,7 @@ TEST(Forward, NonFiniteWeightIsAClearError) {
 
 TEST(Generate, GreedyIsDeterministicAndSeededSamplingReproduces) {
   const auto c = tiny_config(Family::Llama);
-  const Model m = build(c, random_weights(c, 29));
+  const Model m = build_model(c, random_weights(c, 29));
   SamplingOptions greedy;
   greedy.max_new_tokens = 12;
   const auto a = generate(m, {1, 2, 3}, greedy);
@@ -214,7 +206,7 @@ TEST(Forward, LongSequencesThroughChunkedAttentionMatchReference) {
     auto c = tiny_config(f);
     c.max_position_embeddings = 2048;
     const auto w = random_weights(c, 31);
-    const Model m = build(c, w);
+    const Model m = build_model(c, w);
     const auto ids = random_ids(1100, c.vocab_size, 8);
     std::vector<int64_t> ids64(ids.begin(), ids.end());
     torch::NoGradGuard ng;

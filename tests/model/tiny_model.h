@@ -1,0 +1,29 @@
+// Random in-memory models for tests that need a Model but no checkpoint file.
+#pragma once
+
+#include <memory>
+
+#include "io/checkpoint.h"
+#include "model/model.h"
+#include "reference_llama.h"
+
+namespace toga::test {
+
+// Goes through load_model, so the model gets the same checks and dtype conversion as one read
+// from disk, and the weights stay available for reference_forward().
+inline Model build_model(const ModelConfig& c, const ReferenceWeights& w, LoadOptions opts = {}) {
+  Checkpoint ck;
+  ck.config = c;
+  auto src = std::make_unique<MemoryTensorSource>("memory");
+  fill_source(w, *src);
+  ck.tensors = std::move(src);
+  return load_model(ck, opts);
+}
+
+inline Model random_model(const ModelConfig& c, uint64_t seed, torch::Dtype dtype = torch::kFloat32) {
+  LoadOptions opts;
+  opts.dtype = dtype;
+  return build_model(c, random_weights(c, seed), opts);
+}
+
+}  // namespace toga::test
