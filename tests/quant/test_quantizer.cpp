@@ -285,6 +285,51 @@ TEST(Quantizer, MaskedFakeQuantGradientsAndHardMaskEquivalence) {
   EXPECT_TRUE(torch::allclose(mask.grad(), ((qh - ql) * g).sum(0), 1e-4, 1e-5));
 }
 
+// find_params sees the mask detached, so d/dM = (Q_h(x) - Q_l(x)) * upstream with each quantizer's
+// range held where the current mask puts it. That is the exact derivative for every channel that
+// does not set a range (the output is then linear in its mask entry); for a channel that sets one
+// (the argmax of |x*M| or |x*(1-M)| in some row) the range's motion is left out by design.
+TEST(Quantizer, MaskedFakeQuantMaskGradientHoldsTheRangesFixed) {
+  torch::manual_seed(13);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const Tensor x = torch::randn({6, 32}, f64);
+  const Tensor mask = (0.1 + 0.8 * torch::rand({32}, f64)).requires_grad_();
+  const Tensor g = torch::randn({6, 32}, f64);
+  const QuantSpec low = spec(3, true), high = spec(8, true);
+  (fake_quantize_masked(x, mask, low, high) * g).sum().backward();
+  const Tensor grad = mask.grad();
+
+  torch::NoGradGuard no_grad;
+  const Tensor m = mask.detach().clone();
+  auto q_fixed = [&](const QuantSpec& s, const Tensor& weight) {
+    const GroupParams p = find_params(x, s, weight);
+    return p.scale * (quantize_codes(x, p, s) - p.zero);
+  };
+  EXPECT_TRUE(torch::allclose(grad, ((q_fixed(high, m) - q_fixed(low, 1 - m)) * g).sum(0), 1e-12, 1e-12));
+
+  Tensor sets_range = torch::zeros({32}, torch::kBool);
+  sets_range.index_fill_(0, (x * m).abs().argmax(1), true);
+  sets_range.index_fill_(0, (x * (1 - m)).abs().argmax(1), true);
+  auto f = [&](int64_t j, double d) {
+    Tensor mm = m.clone();
+    mm[j] += d;
+    return (fake_quantize_masked(x, mm, low, high) * g).sum().item<double>();
+  };
+  const double h = 1e-5;
+  int exact = 0, range_moved = 0;
+  for (int64_t j = 0; j < 32; ++j) {
+    const double fd = (f(j, h) - f(j, -h)) / (2 * h), gj = grad[j].item<double>();
+    if (!sets_range[j].item<bool>()) {
+      EXPECT_NEAR(fd, gj, 1e-8) << "channel " << j;
+      ++exact;
+    } else if (std::abs(fd - gj) > 1e-2 * std::abs(gj)) {
+      ++range_moved;
+    }
+  }
+  EXPECT_GE(exact, 20);
+  EXPECT_GT(range_moved, 0);
+}
+
 TEST(Quantizer, MseClipReducesTheError) {
   torch::manual_seed(11);
   const Tensor w = torch::randn({16, 256}).pow(3);  // heavy tails: min-max wastes the grid
