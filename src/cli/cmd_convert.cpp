@@ -59,6 +59,11 @@ void register_convert(CLI::App& app) {
     std::vector<TensorToWrite> tensors;
     for (const auto& [name, shape] : expected_tensors(config)) {
       const TensorInfo info = ck.tensors->info(name);
+      if (is_index_tensor(name)) {  // pruned blocks' channel lists: integers, copied as stored
+        storage.push_back(ck.tensors->read_bytes(name));
+        tensors.push_back({name, info.dtype, shape, storage.back().data()});
+        continue;
+      }
       std::vector<float> v(static_cast<size_t>(info.numel()));
       ck.tensors->read_f32(name, v.data());
       ck.tensors->release(name);

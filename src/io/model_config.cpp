@@ -23,12 +23,13 @@ std::string layer(int i, const std::string& suffix) { return fmt::format("model.
 }  // namespace names
 
 int64_t ModelConfig::num_parameters() const {
-  const int64_t h = hidden_size, q = q_dim(), kv = kv_dim(), f = intermediate_size;
-  int64_t per_layer = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h;
-  if (attention_bias) per_layer += q + 2 * kv;
-  if (qk_norm) per_layer += 2 * head_dim;
-  int64_t total = per_layer * num_hidden_layers + int64_t(vocab_size) * h + h;
-  if (!tie_word_embeddings) total += int64_t(vocab_size) * h;
+  int64_t total = 0;
+  for (const auto& [name, shape] : expected_tensors(*this)) {
+    if (is_index_tensor(name)) continue;
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    total += n;
+  }
   return total;
 }
 
@@ -37,6 +38,27 @@ static T get_or(const nlohmann::json& j, const char* key, T fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   return it->get<T>();
+}
+
+static std::vector<LayerShape> parse_layer_shapes(const nlohmann::json& j, const std::string& where) {
+  std::vector<LayerShape> out;
+  if (!j.contains("toga_layer_shapes") || j["toga_layer_shapes"].is_null()) return out;
+  try {
+    for (const auto& e : j.at("toga_layer_shapes")) {
+      LayerShape s;
+      s.num_attention_heads = e.at("num_attention_heads").get<int>();
+      s.num_key_value_heads = e.at("num_key_value_heads").get<int>();
+      s.intermediate_size = e.at("intermediate_size").get<int>();
+      s.attn_in = e.at("attn_in").get<int>();
+      s.attn_out = e.at("attn_out").get<int>();
+      s.mlp_in = e.at("mlp_in").get<int>();
+      s.mlp_out = e.at("mlp_out").get<int>();
+      out.push_back(s);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(where, "malformed toga_layer_shapes: {}", e.what());
+  }
+  return out;
 }
 
 namespace {
@@ -301,6 +323,7 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
   } catch (const nlohmann::json::exception& e) {
     fail_file(where, "malformed config: {}", e.what());
   }
+  c.layer_shapes = parse_layer_shapes(j, where);
   c.validate(where);
   return c;
 }
@@ -322,6 +345,24 @@ void ModelConfig::validate(const std::string& where) const {
   if (head_dim % 2 != 0) fail_file(where, "head_dim {} must be even for RoPE", head_dim);
   if (!(rms_norm_eps > 0)) fail_file(where, "rms_norm_eps must be positive");
   if (!(rope_theta > 0)) fail_file(where, "rope_theta must be positive");
+  if (!layer_shapes.empty() && int(layer_shapes.size()) != num_hidden_layers)
+    fail_file(where, "toga_layer_shapes has {} entries for {} layers", layer_shapes.size(), num_hidden_layers);
+  for (size_t i = 0; i < layer_shapes.size(); ++i) {
+    const LayerShape& s = layer_shapes[i];
+    auto in_range = [&](int v, int lo, int hi, const char* what) {
+      if (v < lo || v > hi) fail_file(where, "toga_layer_shapes[{}].{} = {} is outside [{}, {}]", i, what, v, lo, hi);
+    };
+    in_range(s.num_key_value_heads, 1, num_key_value_heads, "num_key_value_heads");
+    in_range(s.num_attention_heads, 1, num_attention_heads, "num_attention_heads");
+    if (s.num_attention_heads % s.num_key_value_heads != 0)
+      fail_file(where, "toga_layer_shapes[{}]: {} heads are not a multiple of {} KV heads", i, s.num_attention_heads,
+                s.num_key_value_heads);
+    in_range(s.intermediate_size, 1, intermediate_size, "intermediate_size");
+    in_range(s.attn_in, 1, hidden_size, "attn_in");
+    in_range(s.attn_out, 1, hidden_size, "attn_out");
+    in_range(s.mlp_in, 1, hidden_size, "mlp_in");
+    in_range(s.mlp_out, 1, hidden_size, "mlp_out");
+  }
 }
 
 nlohmann::json ModelConfig::to_hf_json() const {
@@ -366,6 +407,14 @@ nlohmann::json ModelConfig::to_hf_json() const {
   } else if (rope_scaling.type == "linear") {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
   }
+  if (!layer_shapes.empty()) {
+    nlohmann::json shapes = nlohmann::json::array();
+    for (const auto& s : layer_shapes)
+      shapes.push_back({{"num_attention_heads", s.num_attention_heads}, {"num_key_value_heads", s.num_key_value_heads},
+                        {"intermediate_size", s.intermediate_size}, {"attn_in", s.attn_in}, {"attn_out", s.attn_out},
+                        {"mlp_in", s.mlp_in}, {"mlp_out", s.mlp_out}});
+    j["toga_layer_shapes"] = shapes;
+  }
   return j;
 }
 
@@ -377,35 +426,54 @@ nlohmann::json ModelConfig::to_hf_json() const {
 
 namespace toga {
 
+LayerShape ModelConfig::uniform_layer_shape() const {
+  return {num_attention_heads, num_key_value_heads, intermediate_size, hidden_size, hidden_size, hidden_size,
+          hidden_size};
+}
+
+bool is_index_tensor(const std::string& name) {
+  auto ends = [&](const std::string& s) {
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends(".input_index") || ends(".output_index");
+}
+
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
-  const int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size, v = c.vocab_size;
+  const int64_t h = c.hidden_size, v = c.vocab_size, d = c.head_dim;
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   out.push_back({names::embed(), {v, h}});
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    auto L = [&](const char* s) { return names::layer(i, s); };
+    const LayerShape s = c.layer(i);
+    const int64_t q = int64_t(s.num_attention_heads) * d, kv = int64_t(s.num_key_value_heads) * d,
+                  f = s.intermediate_size;
+    auto L = [&](const char* n) { return names::layer(i, n); };
     out.push_back({L("input_layernorm.weight"), {h}});
-    out.push_back({L("self_attn.q_proj.weight"), {q, h}});
-    out.push_back({L("self_attn.k_proj.weight"), {kv, h}});
-    out.push_back({L("self_attn.v_proj.weight"), {kv, h}});
-    out.push_back({L("self_attn.o_proj.weight"), {h, q}});
+    if (s.attn_in < h) out.push_back({L("self_attn.input_index"), {s.attn_in}});
+    if (s.attn_out < h) out.push_back({L("self_attn.output_index"), {s.attn_out}});
+    out.push_back({L("self_attn.q_proj.weight"), {q, s.attn_in}});
+    out.push_back({L("self_attn.k_proj.weight"), {kv, s.attn_in}});
+    out.push_back({L("self_attn.v_proj.weight"), {kv, s.attn_in}});
+    out.push_back({L("self_attn.o_proj.weight"), {s.attn_out, q}});
     if (c.attention_bias) {
       out.push_back({L("self_attn.q_proj.bias"), {q}});
       out.push_back({L("self_attn.k_proj.bias"), {kv}});
       out.push_back({L("self_attn.v_proj.bias"), {kv}});
     }
-    if (c.o_proj_bias) out.push_back({L("self_attn.o_proj.bias"), {h}});
+    if (c.o_proj_bias) out.push_back({L("self_attn.o_proj.bias"), {s.attn_out}});
     if (c.qk_norm) {
-      out.push_back({L("self_attn.q_norm.weight"), {c.head_dim}});
-      out.push_back({L("self_attn.k_norm.weight"), {c.head_dim}});
+      out.push_back({L("self_attn.q_norm.weight"), {d}});
+      out.push_back({L("self_attn.k_norm.weight"), {d}});
     }
     out.push_back({L("post_attention_layernorm.weight"), {h}});
-    out.push_back({L("mlp.gate_proj.weight"), {f, h}});
-    out.push_back({L("mlp.up_proj.weight"), {f, h}});
-    out.push_back({L("mlp.down_proj.weight"), {h, f}});
+    if (s.mlp_in < h) out.push_back({L("mlp.input_index"), {s.mlp_in}});
+    if (s.mlp_out < h) out.push_back({L("mlp.output_index"), {s.mlp_out}});
+    out.push_back({L("mlp.gate_proj.weight"), {f, s.mlp_in}});
+    out.push_back({L("mlp.up_proj.weight"), {f, s.mlp_in}});
+    out.push_back({L("mlp.down_proj.weight"), {s.mlp_out, f}});
     if (c.mlp_bias) {
       out.push_back({L("mlp.gate_proj.bias"), {f}});
       out.push_back({L("mlp.up_proj.bias"), {f}});
-      out.push_back({L("mlp.down_proj.bias"), {h}});
+      out.push_back({L("mlp.down_proj.bias"), {s.mlp_out}});
     }
   }
   out.push_back({names::final_norm(), {h}});
@@ -426,6 +494,12 @@ void check_tensors_match_config(const TensorSource& src, const ModelConfig& c) {
                 "tensor '{}' has shape {} but the config requires {}", name, shape_str(it->second.shape),
                 shape_str(shape));
     const DType d = it->second.dtype;
+    if (is_index_tensor(name)) {
+      if (d != DType::I32 && d != DType::I64)
+        fail_file(it->second.file.empty() ? src.description() : it->second.file,
+                  "index list '{}' has dtype {}, expected I32 or I64", name, dtype_name(d));
+      continue;
+    }
     if (d == DType::I8 || d == DType::U8 || d == DType::I16 || d == DType::I32 || d == DType::I64 ||
         d == DType::BOOL)
       fail_file(it->second.file.empty() ? src.description() : it->second.file,

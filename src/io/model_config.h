@@ -19,6 +19,22 @@ struct RopeScaling {
   int original_max_position_embeddings = 8192;
 };
 
+// One block's widths when blocks differ (structured pruning). attn_in..mlp_out count the residual
+// channels a block reads and writes; fewer than hidden_size means the checkpoint stores the index
+// list ("model.layers.N.self_attn.input_index", ".output_index", "mlp.input_index", ".output_index").
+struct LayerShape {
+  int num_attention_heads = 0;
+  int num_key_value_heads = 0;
+  int intermediate_size = 0;
+  int attn_in = 0, attn_out = 0, mlp_in = 0, mlp_out = 0;
+  bool operator==(const LayerShape& o) const {
+    return num_attention_heads == o.num_attention_heads && num_key_value_heads == o.num_key_value_heads &&
+           intermediate_size == o.intermediate_size && attn_in == o.attn_in && attn_out == o.attn_out &&
+           mlp_in == o.mlp_in && mlp_out == o.mlp_out;
+  }
+  bool operator!=(const LayerShape& o) const { return !(*this == o); }
+};
+
 struct ModelConfig {
   std::string architecture = "LlamaForCausalLM";
   Family family = Family::Llama;
@@ -42,6 +58,12 @@ struct ModelConfig {
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;
   std::string torch_dtype = "float32";
+  // Empty when every block has the config's widths; else one entry per layer (config.json
+  // "toga_layer_shapes"; toga's own extension, written only for pruned models).
+  std::vector<LayerShape> layer_shapes;
+
+  LayerShape uniform_layer_shape() const;
+  LayerShape layer(int i) const { return layer_shapes.empty() ? uniform_layer_shape() : layer_shapes.at(i); }
 
   int q_dim() const { return num_attention_heads * head_dim; }
   int kv_dim() const { return num_key_value_heads * head_dim; }
@@ -68,12 +90,15 @@ inline const char* lm_head() { return "lm_head.weight"; }
 
 namespace toga {
 
-// Every tensor a checkpoint of this configuration must hold, with its HF shape. Loaders check a
+// Every tensor a checkpoint of this configuration must hold, with its HF shape (per-layer shapes
+// included; pruning index lists are int32/int64, everything else floating point). Loaders check a
 // file against this before reading any data.
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c);
 
 // Checks presence and shapes of all expected tensors (and reports unexpected extra weights).
 class TensorSource;
+// Names of pruning index lists ("...input_index", "...output_index"): integer tensors.
+bool is_index_tensor(const std::string& name);
 void check_tensors_match_config(const TensorSource& src, const ModelConfig& c);
 
 // llama.cpp's GGUF converter and Meta/llama2.c checkpoints order each q/k head's rows so that RoPE

@@ -1,6 +1,8 @@
 #include <cmath>
+#include <cstring>
 
 #include "model/model.h"
+#include "model/structure.h"
 #include "util/error.h"
 
 namespace toga {
@@ -25,6 +27,29 @@ int64_t count_non_finite(const float* p, int64_t n) {
 class TensorReader {
  public:
   TensorReader(const TensorSource& src, const LoadOptions& opts) : src_(src), opts_(opts) {}
+
+  // A pruning index list: integers in [0, width), strictly increasing (a sorted channel subset).
+  torch::Tensor read_index(const std::string& name, int64_t width) {
+    const TensorInfo info = src_.info(name);
+    const std::string where = info.file.empty() ? src_.description() : info.file;
+    const auto bytes = src_.read_bytes(name);
+    const size_t esize = info.dtype == DType::I64 ? 8 : 4;
+    if (bytes.size() != size_t(info.numel()) * esize) fail_file(where, "index list '{}' has the wrong size", name);
+    std::vector<int64_t> idx(static_cast<size_t>(info.numel()));
+    for (size_t i = 0; i < idx.size(); ++i) {
+      if (esize == 8) {
+        std::memcpy(&idx[i], bytes.data() + 8 * i, 8);
+      } else {
+        int32_t v;
+        std::memcpy(&v, bytes.data() + 4 * i, 4);
+        idx[i] = v;
+      }
+      if (idx[i] < 0 || idx[i] >= width || (i > 0 && idx[i] <= idx[i - 1]))
+        fail_file(where, "index list '{}' must hold increasing channel numbers in [0, {}), entry {} is {}", name, width,
+                  i, idx[i]);
+    }
+    return torch::tensor(idx, torch::kLong).to(opts_.device);
+  }
 
   torch::Tensor read(const std::string& name) {
     const TensorInfo info = src_.info(name);
@@ -115,6 +140,14 @@ Model load_model(const Checkpoint& ckpt, const LoadOptions& opts) {
     b.gate = make_site(reader, site("mlp.gate_proj"), hf("mlp.gate_proj"), c.mlp_bias);
     b.up = make_site(reader, site("mlp.up_proj"), hf("mlp.up_proj"), c.mlp_bias);
     b.down = make_site(reader, site("mlp.down_proj"), hf("mlp.down_proj"), c.mlp_bias);
+    // Pruned blocks read and write subsets of the residual stream.
+    const LayerShape shape = c.layer(i);
+    const int64_t hidden = c.hidden_size;
+    if (shape.attn_in < hidden) b.attn_in = reader.read_index(hf("self_attn.input_index"), hidden);
+    if (shape.attn_out < hidden) b.attn_out = reader.read_index(hf("self_attn.output_index"), hidden);
+    if (shape.mlp_in < hidden) b.mlp_in = reader.read_index(hf("mlp.input_index"), hidden);
+    if (shape.mlp_out < hidden) b.mlp_out = reader.read_index(hf("mlp.output_index"), hidden);
+    apply_block_structure(b, hidden);
   }
   m.final_norm = reader.read(names::final_norm());
   m.lm_head.name = "lm_head";

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/linear_kernel.h"
 #include "util/error.h"
 
 namespace toga {
@@ -9,30 +10,58 @@ namespace toga {
 using torch::indexing::Slice;
 
 torch::Tensor LinearSite::forward(const torch::Tensor& x) const {
-  for (const auto& observe : observers) observe(*this, x);
-  torch::Tensor in = in_perm.defined() ? x.index_select(-1, in_perm) : x;
-  if (input_transform) in = input_transform(in);
-  const torch::Tensor w = weight_transform ? weight_transform(weight) : weight;
-  torch::Tensor y;
-  if (in.numel() == in.size(-1) && in.scalar_type() == torch::kFloat32 && !w.requires_grad()) {
-    // One token (decoding): libtorch 1.13 sends a one-row fp32 linear to a GEMM that streams the
-    // weight ~4x slower than GEMV does (bench_forward's gemv cases). bf16 is the other way round.
-    auto out_shape = in.sizes().vec();
-    out_shape.back() = w.size(0);
-    y = torch::mv(w, in.reshape({-1})).reshape(out_shape);
-    if (bias.defined()) y = y + bias;
-  } else {
-    y = torch::linear(in, w, bias);
+  for (const auto& [id, observe] : observers_) observe(*this, x);
+  torch::Tensor in = in_index.defined() ? x.index_select(-1, in_index) : x;
+  if (in_mask.defined()) in = in * in_mask;
+  if (act.active()) in = fake_quantize_activation(in, act.low, act.high, act.salient);
+  if (custom_input) in = custom_input(in);
+  static const DenseLinearKernel dense;
+  torch::Tensor y = kernel ? kernel->apply(*this, in) : dense.apply(*this, in);
+  if (out_mask.defined()) y = y * out_mask;
+  if (custom_output) y = custom_output(y);
+  if (out_index.defined()) {
+    auto shape = y.sizes().vec();
+    shape.back() = out_width;
+    y = torch::zeros(shape, y.options()).index_copy(-1, out_index, y);
   }
-  if (output_transform) y = output_transform(y);
   return y;
 }
 
+ObserverHandle LinearSite::add_observer(SiteObserver fn) {
+  const uint64_t id = next_observer_id_++;
+  observers_.emplace_back(id, std::move(fn));
+  return ObserverHandle(this, id);
+}
+
+void ObserverHandle::reset() {
+  if (!site_) return;
+  auto& obs = site_->observers_;
+  for (auto it = obs.begin(); it != obs.end(); ++it)
+    if (it->first == id_) {
+      obs.erase(it);
+      break;
+    }
+  site_ = nullptr;
+}
+
+ObserverHandle& ObserverHandle::operator=(ObserverHandle&& o) noexcept {
+  if (this != &o) {
+    reset();
+    site_ = o.site_;
+    id_ = o.id_;
+    o.site_ = nullptr;
+  }
+  return *this;
+}
+
 void LinearSite::clear_attachments() {
-  observers.clear();
-  input_transform = nullptr;
-  weight_transform = nullptr;
-  output_transform = nullptr;
+  observers_.clear();
+  act = {};
+  in_mask = torch::Tensor();
+  out_mask = torch::Tensor();
+  custom_input = nullptr;
+  custom_weight = nullptr;
+  custom_output = nullptr;
 }
 
 void KVCache::broadcast_batch(int64_t n) {
@@ -95,8 +124,9 @@ torch::Tensor Model::norm_final(const torch::Tensor& h) const {
 torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t start_pos, KVCache* cache) const {
   const Block& b = blocks.at(layer);
   const auto& c = config;
-  const int64_t B = h.size(0), T = h.size(1), nh = c.num_attention_heads, nkv = c.num_key_value_heads,
-                d = c.head_dim, groups = nh / nkv;
+  // Heads from the weights: pruned blocks keep fewer (whole KV groups), unpruned ones the config's.
+  const int64_t B = h.size(0), T = h.size(1), d = c.head_dim, nh = b.q.out_features() / d,
+                nkv = b.k.out_features() / d, groups = nh / nkv;
 
   // Attention.
   const auto x = rms_norm(h, b.attn_norm, c.rms_norm_eps);
@@ -211,9 +241,20 @@ std::vector<LinearSite*> Model::block_sites() {
   return out;
 }
 
+std::vector<const LinearSite*> Model::block_sites() const {
+  std::vector<const LinearSite*> out;
+  for (const auto& b : blocks)
+    for (const auto* s : b.sites()) out.push_back(s);
+  return out;
+}
+
 LinearSite& Model::site(const std::string& name) {
+  return const_cast<LinearSite&>(static_cast<const Model&>(*this).site(name));
+}
+
+const LinearSite& Model::site(const std::string& name) const {
   if (name == lm_head.name) return lm_head;
-  for (auto* s : block_sites())
+  for (const auto* s : block_sites())
     if (s->name == name) return *s;
   fail("no linear site named '{}'", name);
 }
@@ -222,6 +263,79 @@ void Model::clear_attachments() {
   for (auto* s : block_sites()) s->clear_attachments();
   lm_head.clear_attachments();
   kv_transform = nullptr;
+}
+
+LayerShape layer_shape(const Block& b, const ModelConfig& c) {
+  const int64_t d = c.head_dim;
+  auto width = [&](const torch::Tensor& index) { return index.defined() ? int(index.numel()) : c.hidden_size; };
+  return {int(b.q.out_features() / d), int(b.k.out_features() / d), int(b.gate.out_features()),
+          width(b.attn_in),           width(b.attn_out),           width(b.mlp_in),
+          width(b.mlp_out)};
+}
+
+ModelConfig Model::current_config() const {
+  ModelConfig c = config;
+  c.layer_shapes.clear();
+  bool uniform = true;
+  for (const auto& b : blocks) {
+    c.layer_shapes.push_back(layer_shape(b, config));
+    uniform = uniform && c.layer_shapes.back() == config.uniform_layer_shape();
+  }
+  if (uniform) c.layer_shapes.clear();
+  return c;
+}
+
+namespace {
+
+// The site's weight with its columns in the order of `canonical` (the block's index list, or all
+// channels): undoes a reordering, leaves a pruning subset in place.
+torch::Tensor canonical_weight(const LinearSite& s, const torch::Tensor& canonical) {
+  if (!s.in_index.defined()) return s.weight;
+  const auto want = canonical.defined() ? canonical.to(s.in_index.device())
+                                        : torch::arange(s.in_index.numel(), s.in_index.options());
+  if (torch::equal(s.in_index, want)) return s.weight;
+  // Stored column j holds channel in_index[j]; find, for each wanted channel, its stored column.
+  const int64_t width = std::max(want.max().item<int64_t>(), s.in_index.max().item<int64_t>()) + 1;
+  auto column_of = torch::full({width}, -1, s.in_index.options());
+  column_of.index_copy_(0, s.in_index, torch::arange(s.in_index.numel(), s.in_index.options()));
+  const auto cols = column_of.index_select(0, want);
+  if ((cols < 0).any().item<bool>()) fail("site '{}': its input index does not cover its block's channels", s.name);
+  return s.weight.index_select(1, cols);
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, torch::Tensor>> Model::named_tensors() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  out.push_back({names::embed(), embed});
+  for (int i = 0; i < int(blocks.size()); ++i) {
+    const Block& b = blocks[i];
+    auto L = [&](const std::string& n) { return names::layer(i, n); };
+    auto add_site = [&](const LinearSite& s, const std::string& hf, const torch::Tensor& canonical_in) {
+      out.push_back({L(hf + ".weight"), canonical_weight(s, canonical_in)});
+      if (s.bias.defined()) out.push_back({L(hf + ".bias"), s.bias});
+    };
+    out.push_back({L("input_layernorm.weight"), b.attn_norm});
+    if (b.attn_in.defined()) out.push_back({L("self_attn.input_index"), b.attn_in});
+    if (b.attn_out.defined()) out.push_back({L("self_attn.output_index"), b.attn_out});
+    add_site(b.q, "self_attn.q_proj", b.attn_in);
+    add_site(b.k, "self_attn.k_proj", b.attn_in);
+    add_site(b.v, "self_attn.v_proj", b.attn_in);
+    add_site(b.o, "self_attn.o_proj", {});
+    if (b.q_norm.defined()) {
+      out.push_back({L("self_attn.q_norm.weight"), b.q_norm});
+      out.push_back({L("self_attn.k_norm.weight"), b.k_norm});
+    }
+    out.push_back({L("post_attention_layernorm.weight"), b.mlp_norm});
+    if (b.mlp_in.defined()) out.push_back({L("mlp.input_index"), b.mlp_in});
+    if (b.mlp_out.defined()) out.push_back({L("mlp.output_index"), b.mlp_out});
+    add_site(b.gate, "mlp.gate_proj", b.mlp_in);
+    add_site(b.up, "mlp.up_proj", b.mlp_in);
+    add_site(b.down, "mlp.down_proj", {});
+  }
+  out.push_back({names::final_norm(), final_norm});
+  if (!config.tie_word_embeddings) out.push_back({names::lm_head(), lm_head.weight});
+  return out;
 }
 
 torch::Dtype parse_dtype(const std::string& s) {

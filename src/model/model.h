@@ -13,37 +13,108 @@
 
 #include "io/checkpoint.h"
 #include "io/model_config.h"
+#include "quant/quantizer.h"
 
 namespace toga {
 
+struct LinearSite;
 using TensorFn = std::function<torch::Tensor(const torch::Tensor&)>;
+using SiteObserver = std::function<void(const LinearSite&, const torch::Tensor&)>;
 
+// Detaches its observer when destroyed (or on reset()), whatever else was attached since: observers
+// are not a stack, and a method that forgets to clean up cannot remove somebody else's.
+class ObserverHandle {
+ public:
+  ObserverHandle() = default;
+  ObserverHandle(LinearSite* site, uint64_t id) : site_(site), id_(id) {}
+  ObserverHandle(ObserverHandle&& o) noexcept : site_(o.site_), id_(o.id_) { o.site_ = nullptr; }
+  ObserverHandle& operator=(ObserverHandle&& o) noexcept;
+  ObserverHandle(const ObserverHandle&) = delete;
+  ObserverHandle& operator=(const ObserverHandle&) = delete;
+  ~ObserverHandle() { reset(); }
+  void reset();
+
+ private:
+  LinearSite* site_ = nullptr;
+  uint64_t id_ = 0;
+};
+
+// Dynamic per-token activation quantization of a site's gathered input: the last `salient` stored
+// channels use `high`, the others `low` (Atom's layout after reordering).
+struct ActivationQuant {
+  QuantSpec low{16}, high{16};
+  int64_t salient = 0;
+  bool active() const { return low.quantized() || (salient > 0 && high.quantized()); }
+};
+
+// How a site computes y = x·Wᵀ + b once its input is gathered and transformed. The dense kernel is
+// one implementation; packed integer kernels are others, chosen at load time from the storage format
+// (linear_kernel.h). Nothing else in the forward knows which one runs.
+class LinearKernel {
+ public:
+  virtual ~LinearKernel() = default;
+  virtual std::string name() const = 0;
+  // x [..., in] in stored column order (after gather, masks and activation quantization).
+  virtual torch::Tensor apply(const LinearSite& site, const torch::Tensor& x) const = 0;
+};
+
+// One linear layer of the model and the state its forward interprets. Attachments are data where
+// they are decisions a checkpoint records (index lists, activation quantizer, masks, kernel) and
+// closures only where a search needs an arbitrary differentiable function (custom_*).
+//
+// forward(x): observers(x) → gather in_index → in_mask → activation quantizer → custom_input →
+//             kernel(x, weight after custom_weight) → out_mask → custom_output → scatter out_index
 struct LinearSite {
   std::string name;      // e.g. "layers.7.mlp.down_proj", "lm_head"
-  torch::Tensor weight;  // [out, in]; when in_perm is defined its columns are stored in in_perm order
+  torch::Tensor weight;  // [out, in]: columns in in_index order when in_index is defined
   torch::Tensor bias;    // [out] or undefined
-  torch::Tensor in_perm; // optional int64 [in]: the forward gathers x[..., in_perm] (channel reordering)
-
-  // Observers see the input as it arrives from upstream, in the original channel order, before this
-  // site's permutation and input transform (calibration statistics, Hessians).
-  std::vector<std::function<void(const LinearSite&, const torch::Tensor&)>> observers;
-  TensorFn input_transform;   // after the permutation: activation fake-quant, channel masks
-  TensorFn weight_transform;  // per forward: learned masks over weights (search)
-  TensorFn output_transform;  // pruning masks on the output (DISP-LLM S2/S5)
+  // int64 [in]: stored column j reads input channel in_index[j]. A permutation (Atom reordering,
+  // GPTQ act-order), a subset (structured pruning: the block reads some residual channels), or both.
+  torch::Tensor in_index;
+  // int64 [out]: output row i is written to channel out_index[i] of an output `out_width` wide
+  // (a block that writes a subset of the residual stream); other channels are zero.
+  torch::Tensor out_index;
+  int64_t out_width = 0;
+  ActivationQuant act;
+  torch::Tensor in_mask;   // [in] multiplies the gathered input (pruning masks; soft masks may require grad)
+  torch::Tensor out_mask;  // [out] multiplies the output rows (before the scatter)
+  std::shared_ptr<const LinearKernel> kernel;  // null = the dense kernel
+  TensorFn custom_input, custom_weight, custom_output;
 
   torch::Tensor forward(const torch::Tensor& x) const;
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }
-  // Removes every attachment and the permutation's effect is kept (weights stay as stored).
+  // Observers see the input as it arrives from upstream (before the gather): calibration statistics,
+  // Hessians, captured activations. An observer may throw StopForward to end a calibration pass.
+  ObserverHandle add_observer(SiteObserver fn);
+  // Removes every attachment except the index lists (which describe how the weight is stored).
   void clear_attachments();
+
+ private:
+  friend class ObserverHandle;
+  std::vector<std::pair<uint64_t, SiteObserver>> observers_;
+  uint64_t next_observer_id_ = 1;
 };
+
+// Thrown by an observer to end a forward pass early once the inputs it needs are seen.
+struct StopForward {};
 
 struct Block {
   torch::Tensor attn_norm, mlp_norm;  // RMSNorm gains [hidden]
   torch::Tensor q_norm, k_norm;       // Qwen3 per-head RMSNorm gains [head_dim] (else undefined)
   LinearSite q, k, v, o, gate, up, down;
+  // Structured pruning (DISP-LLM): residual channels the attention reads (q/k/v inputs) and o_proj
+  // writes, the MLP reads (gate/up inputs) and down_proj writes; int64, sorted, undefined = all.
+  // The sites' in_index / out_index hold these (composed with any reordering).
+  torch::Tensor attn_in, attn_out, mlp_in, mlp_out;
   std::vector<LinearSite*> sites() { return {&q, &k, &v, &o, &gate, &up, &down}; }
+  std::vector<const LinearSite*> sites() const { return {&q, &k, &v, &o, &gate, &up, &down}; }
+  // Sites that read the same input (one calibration observation, one shared channel order).
+  std::vector<std::vector<LinearSite*>> input_groups() { return {{&q, &k, &v}, {&o}, {&gate, &up}, {&down}}; }
 };
+
+// Per-layer widths as the weights say (heads from the q/k rows, intermediate from gate's rows).
+LayerShape layer_shape(const Block& b, const ModelConfig& c);
 
 // Keys and values of every layer, for incremental decoding. Tensors [B, kv_heads, capacity, head_dim].
 struct KVCache {
@@ -84,9 +155,18 @@ class Model {
 
   // Linear sites of the blocks in forward order (q, k, v, o, gate, up, down per layer).
   std::vector<LinearSite*> block_sites();
+  std::vector<const LinearSite*> block_sites() const;
   LinearSite& site(const std::string& name);
+  const LinearSite& site(const std::string& name) const;
 
   void clear_attachments();
+
+  // Every tensor of the (unquantized) model under its Hugging Face name, weights in canonical column
+  // order (any reordering undone), pruning index lists as int64: what a checkpoint of it holds. Save,
+  // convert and later gradient all-reduce iterate this one list.
+  std::vector<std::pair<std::string, torch::Tensor>> named_tensors() const;
+  // The config with this model's per-layer shapes (layer_shapes set only when they differ).
+  ModelConfig current_config() const;
 };
 
 struct LoadOptions {

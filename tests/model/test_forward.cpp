@@ -139,7 +139,7 @@ TEST(Forward, PermutedInputChannelsLeaveLogitsUnchanged) {
   for (auto* s : m.block_sites()) {
     const auto perm = torch::randperm(s->in_features(), torch::kLong);
     s->weight = s->weight.index_select(1, perm).contiguous();
-    s->in_perm = perm;
+    s->in_index = perm;
   }
   EXPECT_TRUE(torch::allclose(m.forward(ids), before, 1e-5, 1e-5));
 }
@@ -148,15 +148,28 @@ TEST(Forward, ObserversSeeEverySiteInput) {
   const auto c = tiny_config(Family::Llama);
   Model m = build_model(c, random_weights(c, 19));
   std::map<std::string, int64_t> seen;
+  std::vector<ObserverHandle> handles;
   for (auto* s : m.block_sites())
-    s->observers.push_back([&](const LinearSite& site, const torch::Tensor& x) {
+    handles.push_back(s->add_observer([&](const LinearSite& site, const torch::Tensor& x) {
       EXPECT_EQ(x.size(-1), site.in_features());
       seen[site.name] += x.numel() / x.size(-1);
-    });
+    }));
   torch::NoGradGuard ng;
-  m.forward(torch::randint(c.vocab_size, {2, 5}, torch::kLong));
+  const auto ids = torch::randint(c.vocab_size, {2, 5}, torch::kLong);
+  m.forward(ids);
   EXPECT_EQ(seen.size(), size_t(7 * c.num_hidden_layers));
   for (const auto& [name, rows] : seen) EXPECT_EQ(rows, 10) << name;
+  // Handles detach exactly their own observer, in any order.
+  handles.front() = ObserverHandle();
+  std::swap(handles[1], handles.back());
+  handles.pop_back();
+  seen.clear();
+  m.forward(ids);
+  EXPECT_EQ(seen.size(), size_t(7 * c.num_hidden_layers - 2));
+  handles.clear();
+  seen.clear();
+  m.forward(ids);
+  EXPECT_TRUE(seen.empty());
 }
 
 TEST(Forward, NonFiniteWeightIsAClearError) {

@@ -103,14 +103,14 @@ std::vector<Mask> attach_masks(Model& m, torch::Dtype dtype, const ActQuant& act
     for (const auto& [site, in_mask] : in_masks) {
       const Tensor wm = add(site->name + ".weight_mask", l, site->in_features(), 0.05, 0.95);
       const Tensor qh = fake_quantize(site->weight, high), ql = fake_quantize(site->weight, low);
-      site->weight_transform = [qh, ql, wm](const Tensor& w) { return (qh * wm + ql * (1 - wm)).to(w.scalar_type()); };
-      site->input_transform = [in_mask, act](const Tensor& x) {
+      site->custom_weight = [qh, ql, wm](const Tensor& w) { return (qh * wm + ql * (1 - wm)).to(w.scalar_type()); };
+      site->custom_input = [in_mask, act](const Tensor& x) {
         const Tensor y = in_mask.defined() ? (x * in_mask).to(x.scalar_type()) : x;
         return act ? act(y) : y;
       };
     }
     for (const auto& [site, out_mask] : {std::pair{&b.o, o_out}, std::pair{&b.down, down_out}})
-      site->output_transform = [out_mask](const Tensor& y) { return (y * out_mask).to(y.scalar_type()); };
+      site->custom_output = [out_mask](const Tensor& y) { return (y * out_mask).to(y.scalar_type()); };
   }
   return masks;
 }
