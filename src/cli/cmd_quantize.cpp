@@ -7,7 +7,9 @@
 #include "cli/common.h"
 #include "quant/calibration.h"
 #include "quant/format.h"
-#include "quant/quantize_model.h"
+#include "quant/apply_plan.h"
+#include "quant/plan.h"
+#include "quant/recipes.h"
 #include "tokenizer/hf_json.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -34,6 +36,7 @@ struct QuantizeFlags {
   std::string calib_data = "wikitext2-valid";
   std::string save_dtype = "fp32";
   std::string report_json;
+  std::string plan_file, masks_file, emit_plan;
 };
 
 std::map<std::string, int64_t> read_salient_counts(const std::string& path) {
@@ -52,33 +55,46 @@ std::map<std::string, int64_t> read_salient_counts(const std::string& path) {
   return out;
 }
 
-QuantizeOptions options_from_flags(const QuantizeFlags& f) {
-  QuantizeOptions o;
-  o.method = f.method;
-  o.weight_low = {f.wbits, !f.asymmetric, f.group_size, f.weight_clip, f.mse_clip, f.binary_centered};
-  o.weight_high = {f.high_bits, true, 0};
-  o.act_low = {f.abits, !f.act_asymmetric, f.act_group_size, f.act_clip};
-  o.act_high = {f.abits >= 16 ? 16 : f.high_bits, true, 0};
-  o.kv = {f.common.kv_bits == 0 ? 16 : f.common.kv_bits, false, 0};  // --kv-bits: stored in the checkpoint
-  o.salient_fraction = f.salient_frac;
-  if (!f.salient_counts.empty()) o.salient_counts = read_salient_counts(f.salient_counts);
-  o.reorder = !f.no_reorder && (f.salient_frac > 0 || !o.salient_counts.empty());
-  o.act_order = f.act_order;
-  if (f.method == "atom") {
-    // Atom (RECIPES.md): reorder by mean |x|, 12.5% salient INT8, INT4 weights and activations in
-    // groups of 128 (weight clip 0.85, activation clip 0.9), GPTQ, KV4 — wherever the user kept
-    // toga's generic defaults.
-    o.method = "gptq";
-    o.reorder = true;
-    if (f.salient_frac == 0 && o.salient_counts.empty()) o.salient_fraction = 0.125;
-    if (f.group_size == 0) o.weight_low.group_size = 128;
-    if (f.weight_clip == 1.0) o.weight_low.clip_ratio = 0.85;
-    if (f.abits < 16 && f.act_group_size == 0) o.act_low.group_size = 128;
-    if (f.abits < 16 && f.act_clip == 1.0) o.act_low.clip_ratio = 0.9;
-    if (f.common.kv_bits == 0) o.kv.bits = 4;
-  }
-  if (o.method != "rtn" && o.method != "gptq") fail("--method must be rtn, gptq or atom, got '{}'", f.method);
+// The recipe's defaults, overridden by exactly the flags the user gave (whether a flag was given,
+// not whether its value differs from a default: `--weight-clip 1.0` under atom means 1.0).
+QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) {
+  const Recipe& recipe = find_recipe(f.method);
+  QuantizeOptions o = recipe.defaults();
+  auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
+  if (given("--wbits")) o.weight_low.bits = f.wbits;
+  if (given("--asym")) o.weight_low.symmetric = !f.asymmetric;
+  if (given("--group-size")) o.weight_low.group_size = f.group_size;
+  if (given("--weight-clip")) o.weight_low.clip_ratio = f.weight_clip;
+  if (given("--mse-clip")) o.weight_low.mse_clip = f.mse_clip;
+  if (given("--binary-centered")) o.weight_low.binary_centered = f.binary_centered;
+  if (given("--high-bits")) o.weight_high.bits = o.act_high.bits = f.high_bits;
+  if (given("--abits")) o.act_low.bits = f.abits;
+  if (given("--act-asym")) o.act_low.symmetric = !f.act_asymmetric;
+  if (given("--act-group-size")) o.act_low.group_size = f.act_group_size;
+  if (given("--act-clip")) o.act_low.clip_ratio = f.act_clip;
+  // Weight-only: the salient activations stay unquantized too.
+  if (!o.act_low.quantized()) o.act_high = {16};
+  else if (!o.act_high.quantized()) o.act_high = {o.weight_high.bits, true, 0};
+  if (given("--kv-bits")) o.kv = {f.common.kv_bits == 0 ? 16 : f.common.kv_bits, false, 0};
+  if (given("--salient-frac")) o.salient_fraction = f.salient_frac;
+  if (given("--salient-counts")) o.salient_counts = read_salient_counts(f.salient_counts);
+  if (given("--act-order")) o.gptq.act_order = f.act_order;
+  // The generic recipes reorder only when there is something salient to put last.
+  if (f.method != "atom") o.reorder = o.salient_fraction > 0 || !o.salient_counts.empty();
+  if (given("--no-reorder")) o.reorder = false;
+  validate(o.weight_low);
+  validate(o.weight_high);
+  validate(o.act_low);
+  validate(o.act_high);
+  validate(o.kv);
   return o;
+}
+
+DType save_dtype(const std::string& s) {
+  if (s == "fp32" || s == "float32") return DType::F32;
+  if (s == "bf16" || s == "bfloat16") return DType::BF16;
+  if (s == "fp16" || s == "float16") return DType::F16;
+  fail("unknown --save-dtype '{}' (use fp32, bf16 or fp16)", s);
 }
 
 }  // namespace
@@ -88,7 +104,12 @@ void register_quantize(CLI::App& app) {
   auto f = std::make_shared<QuantizeFlags>();
   cmd->add_option("model", f->model, "model to quantize: HF directory, .gguf, llama2.c .bin")->required();
   cmd->add_option("output", f->output, "output directory (quantized checkpoint, replaced atomically)")->required();
-  cmd->add_option("--method", f->method, "rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ)")->capture_default_str();
+  cmd->add_option("--method", f->method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4)")->capture_default_str();
+  cmd->add_option("--plan", f->plan_file, "apply a Plan file (docs/FORMAT.md) instead of a recipe");
+  cmd->add_option("--salient-masks", f->masks_file,
+                  "JSON {site: 0/1 mask or {\"salient\": [channels]}}: per-layer salient sets (e.g. a search's), "
+                  "other choices from the recipe and flags");
+  cmd->add_option("--emit-plan", f->emit_plan, "write the resolved Plan (explicit orders and salient sets) as JSON");
   cmd->add_option("--wbits", f->wbits, "weight bits of the low-precision part (1 = binarization)")->capture_default_str();
   cmd->add_option("--abits", f->abits, "activation bits (16 = weight-only)")->capture_default_str();
   cmd->add_option("--high-bits", f->high_bits, "bits of the salient channels (weights and activations)")->capture_default_str();
@@ -111,41 +132,75 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors in the output")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
   add_common_options(cmd, f->common);
-  cmd->callback([f] {
+  cmd->callback([f, cmd] {
     apply_common_options(f->common);
-    QuantizeOptions opts = options_from_flags(*f);
+    const DType save = save_dtype(f->save_dtype);
+    if (!f->plan_file.empty()) {
+      static const char* recipe_flags[] = {"--method", "--wbits", "--abits", "--high-bits", "--group-size",
+                                           "--act-group-size", "--asym", "--act-asym", "--salient-frac",
+                                           "--salient-counts", "--no-reorder", "--act-order", "--mse-clip",
+                                           "--binary-centered", "--weight-clip", "--act-clip", "--salient-masks",
+                                           "--kv-bits"};
+      for (const char* flag : recipe_flags)
+        if (cmd->count(flag)) fail("{} cannot be combined with --plan: the Plan decides it", flag);
+    }
     auto lm = load_model_and_tokenizer(f->model, f->common);
+    Plan plan;
+    std::string where = "flags";
+    if (!f->plan_file.empty()) {
+      plan = read_plan_file(f->plan_file);
+      where = f->plan_file;
+    } else {
+      const QuantizeOptions opts = options_from_flags(*f, *cmd);
+      if (!f->masks_file.empty()) {
+        nlohmann::json masks;
+        try {
+          masks = nlohmann::json::parse(read_text_file(f->masks_file));
+        } catch (const nlohmann::json::exception& e) {
+          fail_file(f->masks_file, "invalid JSON: {}", e.what());
+        }
+        plan = plan_from_masks(lm.model, masks, opts, f->masks_file);
+        where = f->masks_file;
+      } else {
+        plan = find_recipe(f->method).make(lm.model, opts);
+      }
+    }
+    validate_plan(plan, lm.model, where);
     torch::Tensor calib;
     int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);
-    if (opts.needs_calibration()) {
+    if (plan.needs_calibration()) {
       const auto text = load_eval_text(f->calib_data);
       const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
       calib = sample_calibration_windows(tokens, f->calib, calib_seqlen, f->seed);
       std::fprintf(stderr, "calibration: %d windows x %d tokens from %s (seed %llu)\n", f->calib, calib_seqlen,
                    text.path.c_str(), static_cast<unsigned long long>(f->seed));
     }
-    const auto report = quantize_model(lm.model, opts, calib);
+    const auto report = apply_plan(lm.model, plan, calib, where);
     QuantizedCheckpointExtras extras;
     extras.base_model = {{"path", f->model},
-                         {"calibration", opts.needs_calibration()
+                         {"calibration", plan.needs_calibration()
                                              ? nlohmann::json{{"data", f->calib_data}, {"windows", f->calib},
                                                               {"seqlen", calib_seqlen}, {"seed", f->seed}}
                                              : nlohmann::json()}};
     extras.files = hf_tokenizer_files(*lm.tokenizer);
-    const DType save = f->save_dtype == "bf16" ? DType::BF16 : f->save_dtype == "fp16" ? DType::F16 : DType::F32;
-    save_quantized_checkpoint(f->output, lm.model, opts, report, save, extras);
-    std::printf("| scheme | method | weight bits (codes) | weight bits (with scales) | act bits | KV bits | time |\n"
+    save_quantized_checkpoint(f->output, lm.model, report, save, extras);
+    if (!f->emit_plan.empty()) {
+      write_plan_file(f->emit_plan, report.plan);
+      std::fprintf(stderr, "wrote %s\n", f->emit_plan.c_str());
+    }
+    std::printf("| scheme | recipe | weight bits (codes) | weight bits (with scales) | act bits | KV bits | time |\n"
                 "|---|---|---|---|---|---|---|\n| %s | %s | %.3f | %.3f | %.3f | %d | %.1fs |\n",
-                scheme_name(report).c_str(), f->method.c_str(), report.weight_bits_codes, report.weight_bits_total,
-                report.act_bits, opts.kv.bits, report.seconds);
+                scheme_name(report).c_str(), plan.recipe.c_str(), report.weight_bits_codes, report.weight_bits_total,
+                report.act_bits, plan.kv.bits, report.seconds);
     if (!f->report_json.empty()) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& q : report.linears)
         layers.push_back({{"site", q.site}, {"salient", q.salient}, {"in_features", q.perm.numel()},
-                          {"gptq_loss", q.gptq_loss}});
+                          {"method", q.method}, {"gptq_loss", q.gptq_loss}});
       write_json(f->report_json, {{"model", f->model},
                                   {"output", f->output},
-                                  {"options", opts.to_json()},
+                                  {"recipe", plan.recipe},
+                                  {"provenance", plan.provenance},
                                   {"scheme", scheme_name(report)},
                                   {"weight_bits_codes", report.weight_bits_codes},
                                   {"weight_bits_total", report.weight_bits_total},

@@ -49,8 +49,7 @@ StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> g
         fail("sites '{}' and '{}' cannot share an input: widths differ", s->name, first->name);
       alias_[s->name] = first->name;
     }
-    observed_.push_back(first);
-    first->observers.push_back([stats, hess](const LinearSite& site, const torch::Tensor& x) {
+    handles_.push_back(first->add_observer([stats, hess](const LinearSite& site, const torch::Tensor& x) {
       torch::NoGradGuard ng;
       const auto x2 = x.detach().reshape({-1, x.size(-1)}).to(torch::kFloat32);
       auto& st = (*stats)[site.name];
@@ -61,26 +60,62 @@ StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> g
       st.abs_sum += x2.abs().sum(0).to(torch::kFloat64);
       if (hess) st.xtx += torch::matmul(x2.t(), x2).to(torch::kFloat64);
       st.rows += x2.size(0);
-    });
+    }));
   }
-  attached_ = true;
 }
 
-StatisticsCollector::~StatisticsCollector() { detach(); }
+StatisticsCollector::~StatisticsCollector() = default;
 
-void StatisticsCollector::detach() {
-  if (!attached_) return;
-  // Our observer is the last one each observed site received.
-  for (auto* s : observed_)
-    if (!s->observers.empty()) s->observers.pop_back();
-  attached_ = false;
-}
+void StatisticsCollector::detach() { handles_.clear(); }
 
 const SiteStatistics& StatisticsCollector::at(const std::string& site) const {
   auto a = alias_.find(site);
   auto it = a == alias_.end() ? stats_->end() : stats_->find(a->second);
   if (it == stats_->end()) fail("no calibration statistics for site '{}' (was it reached?)", site);
   return it->second;
+}
+
+std::unique_ptr<StatisticsCollector> BlockCalibration::observe(const std::vector<std::vector<LinearSite*>>& groups,
+                                                               bool with_hessian) {
+  auto stats = std::make_unique<StatisticsCollector>(groups, with_hessian);
+  // Ends each window's pass once every observed site has seen its input: the rest of the block
+  // would be computed for nothing.
+  std::vector<ObserverHandle> stops;
+  auto seen = std::make_shared<size_t>(0);
+  size_t n = 0;
+  for (const auto& g : groups) n += g.empty() ? 0 : 1;
+  for (const auto& g : groups)
+    if (!g.empty())
+      stops.push_back(g.front()->add_observer([seen, n](const LinearSite&, const torch::Tensor&) {
+        if (++*seen == n) {
+          *seen = 0;
+          throw StopForward{};
+        }
+      }));
+  torch::NoGradGuard no_grad;
+  for (const auto& h : hidden_) {
+    try {
+      model_.block_forward(layer_, h, 0);
+    } catch (const StopForward&) {
+    }
+  }
+  stats->detach();
+  return stats;
+}
+
+void for_each_block_calibrated(Model& model, const torch::Tensor& windows,
+                               const std::function<void(BlockCalibration&)>& visit) {
+  if (!windows.defined() || windows.dim() != 2) fail("calibration needs [n, seqlen] token windows");
+  torch::NoGradGuard no_grad;
+  const int64_t per_batch = std::max<int64_t>(1, 8192 / windows.size(1));
+  std::vector<torch::Tensor> hidden;
+  for (int64_t i = 0; i < windows.size(0); i += per_batch)
+    hidden.push_back(model.embed_tokens(windows.narrow(0, i, std::min(per_batch, windows.size(0) - i))));
+  for (int l = 0; l < int(model.blocks.size()); ++l) {
+    BlockCalibration calib(model, l, hidden);
+    visit(calib);
+    for (auto& h : hidden) h = model.block_forward(l, h, 0);
+  }
 }
 
 }  // namespace toga

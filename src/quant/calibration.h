@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,14 +41,36 @@ class StatisticsCollector {
   void detach();
 
  private:
-  std::vector<LinearSite*> observed_;  // the first site of each group carries the observer
+  std::vector<ObserverHandle> handles_;  // the first site of each group carries the observer
   std::shared_ptr<std::map<std::string, SiteStatistics>> stats_;
   std::map<std::string, std::string> alias_;  // site -> the observed site of its group
   bool with_hessian_;
-  bool attached_ = false;
 };
 
-// Thrown by an observer to end a forward pass early once the inputs it needs are seen.
-struct StopForward {};
+// The calibrated block-by-block loop every method shares (GPTQ, Atom reordering, DISP-LLM
+// statistics, SparseGPT, OBR, the search's initialisation): the windows go through the model one
+// block at a time; for each block, `visit` may observe the block's inputs as the block is now and
+// change the block; then the windows move on through the changed block, so each block is
+// calibrated on what the already-compressed blocks before it produce.
+class BlockCalibration {
+ public:
+  BlockCalibration(const Model& model, int layer, std::vector<torch::Tensor>& hidden)
+      : model_(model), layer_(layer), hidden_(hidden) {}
+  int layer() const { return layer_; }
+  // Runs the windows through the block until every site of `groups` has seen its input, and
+  // returns their statistics (sites of one group share one input: observed once).
+  std::unique_ptr<StatisticsCollector> observe(const std::vector<std::vector<LinearSite*>>& groups, bool with_hessian);
+  // The block's input hidden states, batch by batch [b, T, hidden].
+  const std::vector<torch::Tensor>& inputs() const { return hidden_; }
+
+ private:
+  const Model& model_;
+  int layer_;
+  std::vector<torch::Tensor>& hidden_;
+};
+
+// windows: [n, seqlen] token ids. Batches of whole windows (~8k tokens each) bound the memory.
+void for_each_block_calibrated(Model& model, const torch::Tensor& windows,
+                               const std::function<void(BlockCalibration&)>& visit);
 
 }  // namespace toga

@@ -5,6 +5,8 @@
 
 #include "util/error.h"
 #include "util/half.h"
+#include "model/save.h"
+#include "quant/plan.h"
 
 namespace toga {
 
@@ -27,31 +29,6 @@ std::map<std::string, std::vector<int64_t>> block_linear_shapes(const ModelConfi
     if (kinds.count(kind)) out[stem.substr(std::strlen("model."))] = shape;
   }
   return out;
-}
-
-std::vector<uint8_t> tensor_bytes(const torch::Tensor& t) {
-  const auto c = t.to(torch::kCPU).contiguous();
-  std::vector<uint8_t> out(c.numel() * c.element_size());
-  if (!out.empty()) std::memcpy(out.data(), c.data_ptr(), out.size());
-  return out;
-}
-
-DType dtype_of(torch::Dtype d) {
-  if (d == torch::kFloat32) return DType::F32;
-  if (d == torch::kBFloat16) return DType::BF16;
-  if (d == torch::kFloat16) return DType::F16;
-  if (d == torch::kUInt8) return DType::U8;
-  if (d == torch::kInt32) return DType::I32;
-  fail("no safetensors dtype for torch dtype {}", c10::toString(d));
-}
-
-torch::Dtype torch_dtype_of(DType d) {
-  switch (d) {
-    case DType::F32: return torch::kFloat32;
-    case DType::BF16: return torch::kBFloat16;
-    case DType::F16: return torch::kFloat16;
-    default: fail("unsupported storage dtype {}", dtype_name(d));
-  }
 }
 
 // A tensor read as stored bytes, checked against the expected dtype and shape.
@@ -99,6 +76,10 @@ class DequantizedSource : public TensorSource {
   }
   void release(const std::string& name) const override {
     if (!weights_.count(name)) inner_.release(name);
+  }
+  std::vector<uint8_t> read_bytes(const std::string& name) const override {
+    if (weights_.count(name)) fail_file(inner_.description(), "tensor '{}' is quantized: no raw float bytes", name);
+    return inner_.read_bytes(name);
   }
   std::string description() const override { return inner_.description(); }
 
@@ -160,72 +141,55 @@ torch::Tensor unpack_codes(const torch::Tensor& packed, const std::vector<Column
   return codes;
 }
 
-void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizeOptions& opts,
-                               const QuantizationReport& report, DType dtype, const QuantizedCheckpointExtras& extras) {
-  const ModelConfig& c = model.config;
+void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
+                               DType dtype, const QuantizedCheckpointExtras& extras) {
+  const ModelConfig c = model.current_config();
   const auto shapes = block_linear_shapes(c);
-  std::map<std::string, const QuantizedLinear*> by_prefix;
+  std::map<std::string, const QuantizedLinear*> by_weight;
   for (const auto& q : report.linears) {
     if (!shapes.count(q.site)) fail("quantized site '{}' is not a block linear of this model", q.site);
-    by_prefix[hf_prefix(q.site)] = &q;
+    by_weight[hf_prefix(q.site) + ".weight"] = &q;
   }
-  const torch::Dtype tdt = torch_dtype_of(dtype);
+  const torch::Dtype tdt = torch_float_dtype(dtype);
   std::vector<std::vector<uint8_t>> storage;
   std::vector<TensorToWrite> tensors;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
     storage.push_back(tensor_bytes(t));
-    tensors.push_back({name, dtype_of(t.scalar_type()), t.sizes().vec(), storage.back().data()});
+    tensors.push_back({name, safetensors_dtype(t.scalar_type()), t.sizes().vec(), storage.back().data()});
   };
   nlohmann::json layers = nlohmann::json::object();
-  for (const auto& [name, shape] : expected_tensors(c)) {
-    const std::string stem = name.substr(0, name.rfind('.'));
-    auto it = by_prefix.find(stem);
-    const bool is_weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-    if (it != by_prefix.end() && is_weight) {
-      const QuantizedLinear& q = *it->second;
-      add(stem + ".weight_packed", pack_codes(q.weight));
-      add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16));
-      add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16));
-      add(stem + ".input_perm", q.perm.to(torch::kInt32));
-      layers[stem] = {{"salient", q.salient},
-                      {"weight_low", quant_spec_to_json(q.weight_low)},
-                      {"weight_high", quant_spec_to_json(q.weight_high)},
-                      {"act_low", quant_spec_to_json(q.act_low)},
-                      {"act_high", quant_spec_to_json(q.act_high)},
-                      {"gptq_loss", q.gptq_loss}};
+  for (const auto& [name, t] : model.named_tensors()) {
+    auto it = by_weight.find(name);
+    if (it == by_weight.end()) {
+      add(name, is_index_tensor(name) ? t.to(torch::kInt32) : t.to(tdt));
       continue;
     }
-    // Everything else in the requested dtype, read back from the model.
-    torch::Tensor t;
-    if (name == names::embed()) t = model.embed;
-    else if (name == names::final_norm()) t = model.final_norm;
-    else if (name == names::lm_head()) t = model.lm_head.weight;
-    else {
-      const int layer = std::stoi(name.substr(std::strlen("model.layers.")));
-      const Block& b = model.blocks.at(layer);
-      const std::string leaf = name.substr(name.find('.', std::strlen("model.layers.")) + 1);
-      if (leaf == "input_layernorm.weight") t = b.attn_norm;
-      else if (leaf == "post_attention_layernorm.weight") t = b.mlp_norm;
-      else if (leaf == "self_attn.q_norm.weight") t = b.q_norm;
-      else if (leaf == "self_attn.k_norm.weight") t = b.k_norm;
-      else {
-        const std::string site = stem.substr(std::strlen("model."));
-        const LinearSite& s = const_cast<Model&>(model).site(site);
-        if (s.in_perm.defined()) fail("site '{}' is reordered but not in the quantization report", site);
-        t = is_weight ? s.weight : s.bias;
-      }
-    }
-    add(name, t.to(tdt));
+    const QuantizedLinear& q = *it->second;
+    const std::string stem = name.substr(0, name.size() - std::strlen(".weight"));
+    add(stem + ".weight_packed", pack_codes(q.weight));
+    add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16));
+    add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16));
+    add(stem + ".input_perm", q.perm.to(torch::kInt32));
+    layers[stem] = {{"salient", q.salient},
+                    {"method", q.method},
+                    {"weight_low", quant_spec_to_json(q.weight_low)},
+                    {"weight_high", quant_spec_to_json(q.weight_high)},
+                    {"act_low", quant_spec_to_json(q.act_low)},
+                    {"act_high", quant_spec_to_json(q.act_high)},
+                    {"gptq_loss", q.gptq_loss}};
   }
+  const Plan& plan = report.plan;
   nlohmann::json kv = nullptr;
-  if (opts.kv.quantized())
-    kv = {{"num_bits", opts.kv.bits}, {"type", "int"}, {"symmetric", opts.kv.symmetric},
-          {"strategy", "token-head"}, {"group_size", c.head_dim}, {"clip_ratio", opts.kv.clip_ratio}};
+  if (plan.kv.quantized())
+    kv = {{"num_bits", plan.kv.bits}, {"type", "int"}, {"symmetric", plan.kv.symmetric},
+          {"strategy", "token-head"}, {"group_size", c.head_dim}, {"clip_ratio", plan.kv.clip_ratio}};
   nlohmann::json qc = {{"quant_method", "toga"},
                        {"format", "toga-mixed-packed"},
                        {"format_version", kQuantFormatVersion},
-                       {"method", opts.method},
-                       {"options", opts.to_json()},
+                       {"recipe", plan.recipe},
+                       {"gptq", {{"damp", plan.gptq.damp}, {"block_size", plan.gptq.block_size},
+                                 {"act_order", plan.gptq.act_order}, {"true_sequential", plan.gptq.true_sequential}}},
+                       {"provenance", plan.provenance},
                        {"kv_cache_scheme", kv},
                        {"ignore", {"lm_head", "model.embed_tokens"}},
                        {"average_bits", {{"weight_codes", report.weight_bits_codes},
@@ -249,9 +213,10 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
   if (qc.value("quant_method", "") != "toga")
     fail_file(where, "quantization_config.quant_method is '{}', toga reads only its own format ('toga')",
               qc.value("quant_method", ""));
-  if (qc.value("format_version", 0) != kQuantFormatVersion)
-    fail_file(where, "quantization format version {} is not supported (this toga reads {})",
-              qc.value("format_version", 0), kQuantFormatVersion);
+  const int version = qc.value("format_version", 0);
+  if (version != 1 && version != kQuantFormatVersion)
+    fail_file(where, "quantization format version {} is not supported (this toga reads 1 and {})", version,
+              kQuantFormatVersion);
   if (!qc.contains("layers") || !qc["layers"].is_object()) fail_file(where, "quantization_config has no 'layers' object");
   const auto shapes = block_linear_shapes(ck.config);
   const TensorSource& src = *ck.tensors;
@@ -274,6 +239,8 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
     q.act_low = quant_spec_from_json(entry.at("act_low"), where);
     q.act_high = quant_spec_from_json(entry.at("act_high"), where);
     q.gptq_loss = entry.value("gptq_loss", 0.0);
+    // Version 1 recorded the method for the whole checkpoint only.
+    q.method = entry.value("method", qc.value("method", std::string("rtn")));
     if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
       fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);
     q.weight.groups = column_groups(in, q.salient, low, high);
@@ -302,15 +269,8 @@ Model load_quantized_model(const Checkpoint& ck, const LoadOptions& opts) {
   view.config = ck.config;
   view.tensors = std::make_unique<DequantizedSource>(*ck.tensors, linears);
   Model m = load_model(view, opts);
-  for (const auto& q : linears) {
-    LinearSite& s = m.site(q.site);
-    s.in_perm = q.perm.to(opts.device);
-    if (q.act_low.quantized() || (q.salient > 0 && q.act_high.quantized())) {
-      const QuantSpec low = q.act_low, high = q.act_high;
-      const int64_t k = q.salient;
-      s.input_transform = [low, high, k](const torch::Tensor& x) { return fake_quantize_activation(x, low, high, k); };
-    }
-  }
+  // The stored plan, as data: index, activation quantizer, kernel (the weight is already in place).
+  for (const auto& q : linears) attach_quantized_linear(m, q, /*set_weight=*/false);
   const auto& kv = ck.quantization_config.value("kv_cache_scheme", nlohmann::json());
   if (kv.is_object()) {
     QuantSpec spec;
@@ -321,6 +281,38 @@ Model load_quantized_model(const Checkpoint& ck, const LoadOptions& opts) {
     attach_kv_quantizer(m, spec);
   }
   return m;
+}
+
+Plan plan_from_checkpoint(const Checkpoint& ck) {
+  const auto& qc = ck.quantization_config;
+  const std::string where = ck.path + "/config.json";
+  const auto linears = read_quantized_linears(ck);
+  Plan p;
+  p.recipe = qc.value("recipe", qc.value("method", std::string("hand")));
+  const auto g = qc.value("gptq", nlohmann::json::object());
+  p.gptq.damp = g.value("damp", p.gptq.damp);
+  p.gptq.block_size = g.value("block_size", p.gptq.block_size);
+  p.gptq.act_order = g.value("act_order", p.gptq.act_order);
+  p.gptq.true_sequential = g.value("true_sequential", p.gptq.true_sequential);
+  p.provenance = {{"from_checkpoint", ck.path}};
+  const auto& kv = qc.value("kv_cache_scheme", nlohmann::json());
+  if (kv.is_object()) p.kv = {kv.value("num_bits", 16), kv.value("symmetric", false), 0, kv.value("clip_ratio", 1.0)};
+  // A pruned checkpoint's orders are positions in its blocks' index lists; the unpruned base they
+  // would refer to is not in the checkpoint.
+  if (!ck.config.layer_shapes.empty())
+    fail_file(where, "the checkpoint is pruned: its Plan cannot be re-applied to an unpruned base model from it alone");
+  for (const auto& q : linears) {
+    SitePlan s;
+    s.method = q.method;
+    s.weight_low = q.weight_low;
+    s.weight_high = q.weight_high;
+    s.act_low = q.act_low;
+    s.act_high = q.act_high;
+    s.order = q.perm.clone();
+    s.salient = q.perm.narrow(0, q.perm.numel() - q.salient, q.salient).clone();
+    p.sites[q.site] = s;
+  }
+  return p;
 }
 
 Model load_any_model(const Checkpoint& ck, const LoadOptions& opts) {

@@ -12,11 +12,12 @@
 
 #include "io/checkpoint.h"
 #include "model/model.h"
-#include "quant/quantize_model.h"
+#include "quant/apply_plan.h"
 
 namespace toga {
 
-constexpr int kQuantFormatVersion = 1;
+// 2: the resolved Plan per layer (method, recipe), pruned per-layer shapes. 1 is still read.
+constexpr int kQuantFormatVersion = 2;
 
 // Packs codes [rows, in] (int8, each group's codes in its own range) row by row: every code is
 // stored as the unsigned offset (code - code_min) in `bits` bits, least significant bit first,
@@ -31,12 +32,15 @@ struct QuantizedCheckpointExtras {
   std::map<std::string, std::string> files;  // tokenizer files etc. to bundle
 };
 
-// Writes model (its non-quantized tensors in `dtype`) plus the quantized linears as a directory,
-// atomically. The scales and zero points in `report` must already be fp16-representable (they are
-// when they come from quantize_model).
-void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizeOptions& opts,
-                               const QuantizationReport& report, DType dtype,
-                               const QuantizedCheckpointExtras& extras);
+// Writes model (its non-quantized tensors in `dtype`, from Model::named_tensors) plus the
+// quantized linears and the resolved Plan as a directory, atomically. The scales and zero points in
+// `report` must already be fp16-representable (they are when they come from apply_plan).
+void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
+                               DType dtype, const QuantizedCheckpointExtras& extras);
+
+// The resolved Plan a quantized checkpoint was made with (explicit orders and salient sets, in
+// source numbering): applying it to the base model reproduces the checkpoint's codes.
+Plan plan_from_checkpoint(const Checkpoint& ck);
 
 // The quantized linears stored in a checkpoint (codes, scales, zeros, permutation, partitions),
 // validated: corrupt or inconsistent entries are errors naming the file and tensor.

@@ -10,7 +10,8 @@
 #include "quant/calibration.h"
 #include "quant/format.h"
 #include "quant/gptq.h"
-#include "quant/quantize_model.h"
+#include "quant/apply_plan.h"
+#include "quant/recipes.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
@@ -52,10 +53,11 @@ TEST(QuantizeModel, GptqHasLowerLayerOutputErrorThanRtnOnRealLayers) {
   auto s = load_stories();
   // Capture every site's real input on the calibration windows.
   std::map<std::string, std::vector<torch::Tensor>> inputs;
+  std::vector<ObserverHandle> handles;
   for (auto* site : s.model.block_sites())
-    site->observers.push_back([&](const LinearSite& st, const torch::Tensor& x) {
+    handles.push_back(site->add_observer([&](const LinearSite& st, const torch::Tensor& x) {
       inputs[st.name].push_back(x.reshape({-1, x.size(-1)}).clone());
-    });
+    }));
   torch::NoGradGuard ng;
   s.model.forward(s.calib);
   int compared = 0;
@@ -93,7 +95,8 @@ TEST(QuantizeModel, ReorderingLeavesUnquantizedLogitsUnchanged) {
   for (auto* site : s.model.block_sites()) {
     // A real reordering: not the identity, and shared by sites reading the same input.
     EXPECT_FALSE(torch::equal(orders[site->name], torch::arange(site->in_features())));
-    permute_site_inputs(*site, orders[site->name]);
+    site->weight = site->weight.index_select(1, orders[site->name]).contiguous();
+    site->in_index = orders[site->name];
   }
   for (int l = 0; l < 5; ++l) {
     const auto L = [&](const char* n) { return fmt::format("layers.{}.{}", l, n); };
@@ -156,11 +159,11 @@ TEST(QuantizedFormat, CheckpointRoundTripsBitExactly) {
   o.act_low = {4, true, 0};
   o.salient_fraction = 0.125;
   o.kv = {4, false, 0};
-  o.act_order = true;
+  o.gptq.act_order = true;
   o.progress = false;
   const auto report = quantize_model(s.model, o, s.calib);
   const std::string out = dir / "q";
-  save_quantized_checkpoint(out, s.model, o, report, DType::F32, {});
+  save_quantized_checkpoint(out, s.model, report, DType::F32, {});
   const Checkpoint ck = open_checkpoint(out);
   const auto linears = read_quantized_linears(ck);
   ASSERT_EQ(linears.size(), report.linears.size());
@@ -189,7 +192,7 @@ TEST(QuantizedFormat, CorruptCheckpointsAreClearErrors) {
   o.progress = false;
   const auto report = quantize_model(s.model, o, s.calib);
   const std::string good = dir / "good";
-  save_quantized_checkpoint(good, s.model, o, report, DType::F32, {});
+  save_quantized_checkpoint(good, s.model, report, DType::F32, {});
   const auto config = nlohmann::json::parse(read_text_file(good + "/config.json"));
 
   auto with_config = [&](const std::function<void(nlohmann::json&)>& edit) {
@@ -222,7 +225,7 @@ TEST(QuantizedFormat, CorruptCheckpointsAreClearErrors) {
     QuantizationReport r = report;
     for (auto& q : r.linears)
       if (q.site == "layers.0.self_attn.q_proj") q.perm[1] = q.perm[0];
-    save_quantized_checkpoint(bad, s.model, o, r, DType::F32, {});
+    save_quantized_checkpoint(bad, s.model, r, DType::F32, {});
     const auto msg = expect_error([&] { load_any_model(open_checkpoint(bad), {}); });
     EXPECT_NE(msg.find("input_perm is not a permutation"), std::string::npos) << msg;
     EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;

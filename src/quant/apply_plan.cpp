@@ -1,0 +1,242 @@
+#include "quant/apply_plan.h"
+
+#include <cmath>
+
+#include "model/linear_kernel.h"
+#include "quant/calibration.h"
+#include "quant/gptq.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace toga {
+
+namespace {
+
+// The block pruning index list a site's input index is composed with (undefined = none).
+torch::Tensor block_input_index(const Model& m, const std::string& site) {
+  const int layer = std::stoi(site.substr(std::string("layers.").size()));
+  const Block& b = m.blocks.at(layer);
+  const std::string kind = site.substr(site.rfind('.') + 1);
+  if (kind == "q_proj" || kind == "k_proj" || kind == "v_proj") return b.attn_in;
+  if (kind == "gate_proj" || kind == "up_proj") return b.mlp_in;
+  return {};
+}
+
+// Column positions (into the site's current, unquantized columns) of source channels `ids`.
+torch::Tensor columns_of(const LinearSite& s, const torch::Tensor& ids, const std::string& where) {
+  const auto dev = s.weight.device();
+  if (!s.in_index.defined()) return ids.to(dev, torch::kLong);
+  const auto index = s.in_index.to(torch::kCPU);
+  const auto want = ids.to(torch::kCPU, torch::kLong);
+  const auto pos = torch::searchsorted(index, want).clamp_max(index.numel() - 1);
+  if (!torch::equal(index.index_select(0, pos), want))
+    fail_file(where, "site '{}': the Plan names channels its block does not read", s.name);
+  return pos.to(dev);
+}
+
+QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const SiteStatistics* st, const GptqSettings& g,
+                              const std::string& where) {
+  if (s.act.active() || s.kernel || (s.in_index.defined() && !s.in_index.equal(std::get<0>(torch::sort(s.in_index)))))
+    fail_file(where, "site '{}' is already reordered or quantized", s.name);
+  const int64_t in = s.in_features();
+  const auto dev = s.weight.device();
+  const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(dev);
+  // Source statistics restricted to the columns the site has (pruned blocks read a subset).
+  auto site_stat = [&](const torch::Tensor& t, bool matrix) {
+    if (!s.in_index.defined()) return t;
+    const auto idx = s.in_index.to(t.device());
+    return matrix ? t.index_select(0, idx).index_select(1, idx) : t.index_select(0, idx);
+  };
+
+  QuantizedLinear q;
+  q.site = s.name;
+  q.method = p.method;
+  q.weight_low = p.weight_low;
+  q.weight_high = p.weight_high;
+  q.act_low = p.act_low;
+  q.act_high = p.act_high;
+  // Column order before the salient split.
+  torch::Tensor order = torch::arange(in, long_opts);
+  if (p.order.defined()) {
+    order = columns_of(s, p.order, where);
+  } else if (p.order_rule == "mean_abs") {
+    if (!st) fail_file(where, "site '{}': ordering by mean |x| needs calibration statistics", s.name);
+    order = salience_order(site_stat(st->mean_abs(), false)).to(dev);
+  }
+  // Salient channels go last, each part keeping the order's sequence.
+  if (p.salient.defined()) {
+    const auto salient_cols = columns_of(s, p.salient, where);
+    const auto is_salient = torch::isin(order, salient_cols);
+    q.salient = is_salient.sum().item<int64_t>();
+    order = torch::cat({order.masked_select(is_salient.logical_not()), order.masked_select(is_salient)});
+  } else {
+    q.salient = p.salient_count >= 0 ? p.salient_count : std::llround(p.salient_fraction * double(in));
+  }
+  if (q.salient < 0 || q.salient > in) fail_file(where, "site '{}': salient count {} outside [0, {}]", s.name, q.salient, in);
+  q.perm = order;
+  const auto w = s.weight.to(torch::kFloat32).index_select(1, q.perm);
+  if (p.method == "gptq") {
+    if (!st || !st->xtx.defined()) fail_file(where, "site '{}': GPTQ needs a calibration Hessian", s.name);
+    const auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
+    GptqOptions o;
+    o.low = p.weight_low;
+    o.high = p.weight_high;
+    o.k_salient = q.salient;
+    o.block_size = g.block_size;
+    o.damp = g.damp;
+    o.act_order = g.act_order;
+    auto r = gptq_quantize(w, h, o);
+    q.weight = std::move(r.weight);
+    q.perm = q.perm.index_select(0, r.perm.to(dev));
+    q.gptq_loss = r.loss;
+  } else {
+    q.weight = quantize_weight_mixed(w, q.salient, p.weight_low, p.weight_high);
+  }
+  // The checkpoint stores scales and zero points in fp16: round them now so that the model in
+  // memory and the one loaded back are the same.
+  q.weight.scales = q.weight.scales.to(torch::kFloat16).to(torch::kFloat32);
+  q.weight.zeros = q.weight.zeros.to(torch::kFloat16).to(torch::kFloat32);
+  return q;
+}
+
+// The resolved site plan: explicit order (stored column order, source numbering) and salient set.
+SitePlan resolved(const Model& m, const QuantizedLinear& q, const SitePlan& p) {
+  SitePlan r = p;
+  const auto block_index = block_input_index(m, q.site);
+  const auto ids = block_index.defined() ? block_index.index_select(0, q.perm.to(block_index.device())) : q.perm;
+  r.order = ids.to(torch::kCPU);
+  r.order_rule.clear();
+  r.salient = r.order.narrow(0, r.order.numel() - q.salient, q.salient).clone();
+  r.salient_count = -1;
+  return r;
+}
+
+}  // namespace
+
+torch::Tensor salience_order(const torch::Tensor& mean_abs) {
+  // A stable sort keeps sites that read the same input (q/k/v, gate/up) on the same permutation,
+  // which the runtime needs to fuse the reorder into the producer.
+  return std::get<1>(torch::sort(mean_abs, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+}
+
+void attach_quantized_linear(Model& model, const QuantizedLinear& q, bool set_weight) {
+  LinearSite& s = model.site(q.site);
+  const auto dev = s.weight.device();
+  if (set_weight) s.weight = dequantize(q.weight).to(dev, s.weight.scalar_type()).contiguous();
+  const auto block_index = block_input_index(model, q.site);
+  const auto perm = q.perm.to(dev);
+  // A copy: the site must not alias the report's permutation (callers edit reports).
+  s.in_index = block_index.defined() ? block_index.to(dev).index_select(0, perm) : perm.clone();
+  s.act = {q.act_low, q.act_high, q.salient};
+  if (!s.act.active()) s.act = {};
+  s.kernel = choose_linear_kernel("dense");
+}
+
+void attach_kv_quantizer(Model& model, const QuantSpec& kv) {
+  if (!kv.quantized()) {
+    model.kv_transform = nullptr;
+    return;
+  }
+  QuantSpec spec = kv;
+  spec.group_size = model.config.head_dim;  // one scale per token and head
+  model.kv_transform = [spec](const torch::Tensor& x) { return fake_quantize(x, spec); };
+}
+
+QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor& calibration, const std::string& where,
+                              bool show_progress) {
+  torch::NoGradGuard no_grad;
+  const Plan plan = plan_in.expanded(m);
+  validate_plan(plan, m, where);
+  QuantizationReport report;
+  report.plan = plan;
+  report.plan.sites.clear();
+  for (const auto& [layer, keep] : plan.blocks) prune_block(m, layer, keep);
+  attach_kv_quantizer(m, plan.kv);  // calibration sees the quantized cache, as inference will
+
+  auto finish_site = [&](LinearSite& s, const SiteStatistics* st) {
+    const SitePlan& p = plan.sites.at(s.name);
+    report.linears.push_back(quantize_site(s, p, st, plan.gptq, where));
+    report.plan.sites[s.name] = resolved(m, report.linears.back(), p);
+    attach_quantized_linear(m, report.linears.back());
+    return report.linears.back().gptq_loss;
+  };
+  Progress progress(plan.recipe, m.config.num_hidden_layers, show_progress);
+  if (!plan.needs_calibration()) {
+    for (int l = 0; l < int(m.blocks.size()); ++l) {
+      for (auto* s : m.blocks[l].sites())
+        if (plan.sites.count(s->name)) finish_site(*s, nullptr);
+      progress.update(l + 1, fmt::format("layer {}", l));
+    }
+  } else {
+    if (!calibration.defined() || calibration.dim() != 2)
+      fail_file(where, "the Plan orders channels by activations or uses GPTQ: it needs calibration windows");
+    for_each_block_calibrated(m, calibration, [&](BlockCalibration& calib) {
+      Block& b = m.blocks[calib.layer()];
+      // Input groups with a planned site; true sequential GPTQ observes one input at a time, after
+      // the sites before it are quantized.
+      std::vector<std::vector<LinearSite*>> groups;
+      bool hessian = false;
+      for (auto& g : b.input_groups()) {
+        std::vector<LinearSite*> planned;
+        for (auto* s : g)
+          if (plan.sites.count(s->name)) {
+            planned.push_back(s);
+            hessian = hessian || plan.sites.at(s->name).needs_hessian();
+          }
+        if (!planned.empty()) groups.push_back(planned);
+      }
+      std::vector<std::vector<std::vector<LinearSite*>>> passes;
+      if (hessian && plan.gptq.true_sequential)
+        for (const auto& g : groups) passes.push_back({g});
+      else if (!groups.empty())
+        passes.push_back(groups);
+      double loss = 0;
+      for (const auto& pass : passes) {
+        bool needs_stats = false;
+        for (const auto& g : pass)
+          for (auto* s : g) needs_stats = needs_stats || plan.sites.at(s->name).needs_statistics();
+        std::unique_ptr<StatisticsCollector> stats;
+        if (needs_stats) stats = calib.observe(pass, hessian);
+        for (const auto& g : pass)
+          for (auto* s : g) loss += finish_site(*s, stats ? &stats->at(s->name) : nullptr);
+      }
+      progress.update(calib.layer() + 1, hessian ? fmt::format("layer {} GPTQ loss {:.4g}", calib.layer(), loss)
+                                                 : fmt::format("layer {}", calib.layer()));
+    });
+  }
+  compute_bit_statistics(report);
+  report.seconds = progress.elapsed_seconds();
+  progress.finish(scheme_name(report));
+  return report;
+}
+
+void compute_bit_statistics(QuantizationReport& r) {
+  double weights = 0, code_bits = 0, param_bits = 0, act_in = 0, act_bits = 0;
+  for (const auto& q : r.linears) {
+    const int64_t rows = q.weight.codes.size(0), in = q.weight.codes.size(1);
+    weights += double(rows * in);
+    for (const auto& g : q.weight.groups) {
+      code_bits += double(rows) * double(g.col_end - g.col_begin) * g.bits;
+      // fp16 scale per row and group, plus an fp16 zero where the quantizer is not symmetric.
+      param_bits += double(rows) * (g.symmetric ? 16.0 : 32.0);
+    }
+    param_bits += 16.0 * double(in);  // the permutation
+    const double hi = q.act_high.quantized() ? q.act_high.bits : 16, lo = q.act_low.quantized() ? q.act_low.bits : 16;
+    act_in += double(in);
+    act_bits += double(q.salient) * (q.salient > 0 ? hi : 0) + double(in - q.salient) * lo;
+  }
+  r.weight_bits_codes = weights > 0 ? code_bits / weights : 16;
+  r.weight_bits_total = weights > 0 ? (code_bits + param_bits) / weights : 16;
+  r.act_bits = act_in > 0 ? act_bits / act_in : 16;
+}
+
+std::string scheme_name(const QuantizationReport& r) {
+  auto fmt_bits = [](double b) {
+    const double rounded = std::round(b * 10) / 10;
+    return std::abs(rounded - std::round(rounded)) < 1e-9 ? fmt::format("{}", int(std::round(rounded)))
+                                                          : fmt::format("({:.1f})", rounded);
+  };
+  return "W" + fmt_bits(r.weight_bits_codes) + "A" + fmt_bits(r.act_bits);
+}
+
+}  // namespace toga

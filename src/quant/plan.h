@@ -1,0 +1,81 @@
+// The Plan: what a compression method decided, per linear site, as data. Every method (RTN, GPTQ,
+// Atom-style, a search, a script, a person) produces a Plan; apply_plan() (apply_plan.h) does the
+// work; the checkpoint stores the resolved Plan and loading reads it back instead of re-deriving
+// anything. docs/FORMAT.md holds the JSON schema.
+//
+// Channel numbers are in the *source* numbering of a site's input: residual channels for q/k/v and
+// gate/up, attention dims (head*head_dim) for o_proj, intermediate channels for down_proj. Pruning
+// (which channels a block reads and writes) is per block, because the sites that read one input
+// share it; a site's order is a permutation of the channels its block keeps.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model.h"
+#include "model/structure.h"
+#include "quant/quantizer.h"
+
+namespace toga {
+
+struct SitePlan {
+  // Stored column order: an explicit permutation of the channels the site reads, or a rule resolved
+  // from calibration statistics at apply time ("mean_abs": ascending mean |x|, Atom's order), or
+  // neither (keep the current order).
+  torch::Tensor order;  // int64, source numbering
+  std::string order_rule;  // "" | "mean_abs"
+  // Which channels stay at high precision: an explicit set (source numbering) or the last
+  // `salient_count` channels of the order (count < 0: round(salient_fraction * in)).
+  torch::Tensor salient;  // int64, or undefined
+  int64_t salient_count = -1;
+  double salient_fraction = 0.0;
+  std::string method = "rtn";  // weight quantizer: "rtn" | "gptq"
+  QuantSpec weight_low{4, true, 0}, weight_high{8, true, 0};
+  QuantSpec act_low{16}, act_high{16};  // bits 16 = weight-only
+
+  bool needs_statistics() const { return order_rule == "mean_abs" || method == "gptq"; }
+  bool needs_hessian() const { return method == "gptq"; }
+};
+
+struct GptqSettings {
+  double damp = 0.01;
+  int64_t block_size = 128;
+  bool act_order = false;
+  bool true_sequential = true;  // q/k/v, then o, then gate/up, then down, re-collecting inputs
+};
+
+struct Plan {
+  std::string recipe = "hand";               // what made it: "rtn", "gptq", "atom", "masks", ...
+  std::map<std::string, SitePlan> sites;     // block linears; a site not listed stays as it is ...
+  std::optional<SitePlan> default_site;      // ... unless a default is given for every block linear
+  std::map<int, BlockPruning> blocks;        // structured pruning, applied before quantization
+  QuantSpec kv{16};                          // KV cache (per token and head), bits 16 = none
+  GptqSettings gptq;
+  nlohmann::json provenance = nlohmann::json::object();  // free-form: options, search run, ...
+
+  bool needs_calibration() const;
+  // The plan with default_site written out for every block linear not listed.
+  Plan expanded(const Model& model) const;
+};
+
+// JSON with index lists inline (a Plan file). A "default" site entry is merged under every listed
+// site and applies to every block linear the file does not list.
+nlohmann::json plan_to_json(const Plan& plan);
+Plan plan_from_json(const nlohmann::json& j, const std::string& where);
+Plan read_plan_file(const std::string& path);
+void write_plan_file(const std::string& path, const Plan& plan);
+
+// Checks a Plan against a model before any work: every named site exists, index lists are in
+// range and without repeats, an order is a permutation of what its site reads (after the plan's
+// own pruning), salient sets lie inside it, bit widths are storable (weights 1..8, activations
+// 1..8 or 16), groups and clips valid. Errors are one line naming `where` and the site.
+void validate_plan(const Plan& plan, const Model& model, const std::string& where);
+
+// A quantizer spec as JSON and back (bits required; symmetric, group_size, clips default).
+nlohmann::json quant_spec_to_json(const QuantSpec& s);
+QuantSpec quant_spec_from_json(const nlohmann::json& j, const std::string& where);
+
+}  // namespace toga

@@ -1,0 +1,182 @@
+#include "quant/recipes.h"
+
+#include <cmath>
+#include <mutex>
+
+#include "util/error.h"
+
+namespace toga {
+
+nlohmann::json QuantizeOptions::to_json() const {
+  nlohmann::json counts = nlohmann::json::object();
+  for (const auto& [k, v] : salient_counts) counts[k] = v;
+  return {{"method", method},
+          {"weight_low", quant_spec_to_json(weight_low)},
+          {"weight_high", quant_spec_to_json(weight_high)},
+          {"act_low", quant_spec_to_json(act_low)},
+          {"act_high", quant_spec_to_json(act_high)},
+          {"kv", quant_spec_to_json(kv)},
+          {"salient_fraction", salient_fraction},
+          {"salient_counts", counts},
+          {"reorder", reorder},
+          {"damp", gptq.damp},
+          {"block_size", gptq.block_size},
+          {"act_order", gptq.act_order},
+          {"true_sequential", gptq.true_sequential}};
+}
+
+namespace {
+
+SitePlan base_site(const QuantizeOptions& o) {
+  SitePlan s;
+  s.method = o.method;
+  s.weight_low = o.weight_low;
+  s.weight_high = o.weight_high;
+  s.act_low = o.act_low;
+  s.act_high = o.act_high;
+  s.order_rule = o.reorder ? "mean_abs" : "";
+  return s;
+}
+
+Plan plan_shell(const QuantizeOptions& o, const std::string& recipe) {
+  if (o.method != "rtn" && o.method != "gptq") fail("weight quantizer must be rtn or gptq, got '{}'", o.method);
+  Plan p;
+  p.recipe = recipe;
+  p.kv = o.kv;
+  p.gptq = o.gptq;
+  p.provenance = {{"options", o.to_json()}};
+  return p;
+}
+
+QuantizeOptions generic_defaults() { return {}; }
+
+// Atom (RECIPES.md): reorder by mean |x|, 12.5% salient INT8, INT4 weights and activations in
+// groups of 128 (weight clip 0.85, activation clip 0.9), GPTQ, KV4.
+QuantizeOptions atom_defaults() {
+  QuantizeOptions o;
+  o.method = "gptq";
+  o.reorder = true;
+  o.salient_fraction = 0.125;
+  o.weight_low = {4, true, 128, 0.85};
+  o.weight_high = {8, true, 0};
+  o.act_low = {4, true, 128, 0.9};
+  o.act_high = {8, true, 0};
+  o.kv = {4, false, 0};
+  return o;
+}
+
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, Recipe> recipes;
+  Registry() {
+    recipes["rtn"] = {"rtn", "round to nearest (optionally Atom-reordered mixed precision)",
+                      [] {
+                        auto o = generic_defaults();
+                        o.method = "rtn";
+                        return o;
+                      },
+                      [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "rtn"); }};
+    recipes["gptq"] = {"gptq", "GPTQ (optionally Atom-reordered mixed precision)",
+                       [] {
+                         auto o = generic_defaults();
+                         o.method = "gptq";
+                         return o;
+                       },
+                       [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "gptq"); }};
+    recipes["atom"] = {"atom", "Atom: reorder by mean |x|, 12.5% INT8 salient, INT4 g128 W and A, GPTQ, KV4",
+                       atom_defaults, [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "atom"); }};
+  }
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace
+
+void register_recipe(Recipe r) {
+  auto& reg = registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  reg.recipes[r.name] = std::move(r);
+}
+
+const Recipe& find_recipe(const std::string& name) {
+  auto& reg = registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  auto it = reg.recipes.find(name);
+  if (it == reg.recipes.end()) {
+    std::string known;
+    for (const auto& [n, r] : reg.recipes) known += (known.empty() ? "" : ", ") + n;
+    fail("unknown recipe '{}' (known: {})", name, known);
+  }
+  return it->second;
+}
+
+std::vector<std::string> recipe_names() {
+  auto& reg = registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  std::vector<std::string> out;
+  for (const auto& [n, r] : reg.recipes) out.push_back(n);
+  return out;
+}
+
+Plan uniform_plan(const Model& model, const QuantizeOptions& o, const std::string& recipe) {
+  Plan p = plan_shell(o, recipe);
+  for (const auto* s : model.block_sites()) {
+    SitePlan sp = base_site(o);
+    auto it = o.salient_counts.find(s->name);
+    if (it != o.salient_counts.end()) sp.salient_count = it->second;
+    else sp.salient_count = std::llround(o.salient_fraction * double(s->in_features()));
+    p.sites[s->name] = sp;
+  }
+  for (const auto& [name, k] : o.salient_counts) {
+    if (!p.sites.count(name)) fail("salient count for '{}': no such linear layer in this model", name);
+    if (k < 0 || k > model.site(name).in_features())
+      fail("salient count {} for '{}' is outside [0, {}]", k, name, model.site(name).in_features());
+  }
+  return p;
+}
+
+Plan plan_from_masks(const Model& model, const nlohmann::json& masks, const QuantizeOptions& o,
+                     const std::string& where) {
+  if (!masks.is_object()) fail_file(where, "expected an object {{\"layers.N.self_attn.q_proj\": mask, ...}}");
+  Plan p = plan_shell(o, "masks");
+  p.provenance["masks"] = where;
+  for (const auto& [key, value] : masks.items()) {
+    const std::string name = key.rfind("model.", 0) == 0 ? key.substr(6) : key;
+    bool found = false;
+    for (const auto* s : model.block_sites()) found = found || s->name == name;
+    if (!found) fail_file(where, "'{}' is not a linear layer of this model", key);
+    const LinearSite& site = model.site(name);
+    SitePlan sp = base_site(o);
+    std::vector<int64_t> ids;
+    if (value.is_object() && value.contains("salient") && value["salient"].is_array()) {
+      for (const auto& e : value["salient"]) {
+        if (!e.is_number_integer()) fail_file(where, "'{}': salient holds '{}', not a channel number", key, e.dump());
+        ids.push_back(e.get<int64_t>());
+      }
+    } else if (value.is_array()) {
+      if (int64_t(value.size()) != site.in_features())
+        fail_file(where, "'{}': mask has {} entries, the layer reads {} channels", key, value.size(), site.in_features());
+      for (size_t i = 0; i < value.size(); ++i) {
+        const auto& e = value[i];
+        if (!(e.is_number() && (e.get<double>() == 0 || e.get<double>() == 1)))
+          fail_file(where, "'{}': mask entry {} is '{}', not 0 or 1", key, i, e.dump());
+        if (e.get<double>() == 1)
+          ids.push_back(site.in_index.defined() ? site.in_index[int64_t(i)].item<int64_t>() : int64_t(i));
+      }
+    } else {
+      fail_file(where, "'{}': expected a 0/1 mask over input channels or {{\"salient\": [channels]}}", key);
+    }
+    sp.salient = torch::tensor(ids, torch::kLong);
+    p.sites[name] = sp;
+  }
+  return p;
+}
+
+QuantizationReport quantize_model(Model& model, const QuantizeOptions& opts, const torch::Tensor& calibration) {
+  return apply_plan(model, uniform_plan(model, opts, opts.method), calibration, "options", opts.progress);
+}
+
+}  // namespace toga

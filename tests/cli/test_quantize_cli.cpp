@@ -1,0 +1,101 @@
+// `toga quantize` as a user drives it: recipe defaults overridden by exactly the flags given, the
+// recipe recorded, a Plan file from anywhere applied and evaluated, bad Plans and bad flags refused
+// before any output exists.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/cli_util.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+#include "util/atomic_file.h"
+
+using namespace toga;
+using namespace toga::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json quant_config(const std::string& dir) {
+  return nlohmann::json::parse(read_text_file(dir + "/config.json")).at("quantization_config");
+}
+
+const std::string kCalib = " --calib 2 --calib-seqlen 64 --threads 1";
+
+}  // namespace
+
+TEST(QuantizeCli, AtomDefaultsYieldToEveryFlagGiven) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string site = "model.layers.2.mlp.up_proj";
+  ASSERT_EQ(run_toga("quantize " + stories260k_path() + " " + dir / "atom" + " --method atom" + kCalib).code, 0);
+  auto qc = quant_config(dir / "atom");
+  EXPECT_EQ(qc.at("recipe"), "atom");
+  EXPECT_EQ(qc.at("layers").at(site).at("method"), "gptq");
+  EXPECT_EQ(qc.at("layers").at(site).at("weight_low").at("group_size"), 128);
+  EXPECT_DOUBLE_EQ(qc.at("layers").at(site).at("weight_low").at("clip_ratio").get<double>(), 0.85);
+  EXPECT_EQ(qc.at("layers").at(site).at("act_low").at("bits"), 4);
+  EXPECT_EQ(qc.at("kv_cache_scheme").at("num_bits"), 4);
+  EXPECT_EQ(qc.at("layers").at(site).at("salient"), 8);  // 12.5% of 64
+
+  // Flags equal to toga's generic defaults still count: the user asked for them.
+  ASSERT_EQ(run_toga("quantize " + stories260k_path() + " " + dir / "given" +
+                     " --method atom --weight-clip 1.0 --group-size 0 --kv-bits 16 --act-clip 1.0" + kCalib)
+                .code,
+            0);
+  qc = quant_config(dir / "given");
+  EXPECT_EQ(qc.at("recipe"), "atom");
+  EXPECT_EQ(qc.at("layers").at(site).at("weight_low").at("group_size"), 0);
+  EXPECT_DOUBLE_EQ(qc.at("layers").at(site).at("weight_low").at("clip_ratio").get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(qc.at("layers").at(site).at("act_low").at("clip_ratio").get<double>(), 1.0);
+  EXPECT_TRUE(qc.at("kv_cache_scheme").is_null());
+}
+
+TEST(QuantizeCli, SaveDtypeIsCheckedAndHonoured) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const auto bad = run_toga("quantize " + stories260k_path() + " " + dir / "bad" + " --save-dtype bfloat17");
+  EXPECT_EQ(bad.code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("--save-dtype 'bfloat17'"), std::string::npos) << bad.output;
+  EXPECT_FALSE(fs::exists(dir / "bad"));
+  ASSERT_EQ(run_toga("quantize " + stories260k_path() + " " + dir / "bf16" + " --save-dtype bfloat16").code, 0);
+  const SafetensorsFile f(dir / "bf16/model.safetensors");
+  EXPECT_EQ(f.entry("model.embed_tokens.weight").dtype, DType::BF16);
+  EXPECT_EQ(f.entry("model.layers.0.input_layernorm.weight").dtype, DType::BF16);
+  EXPECT_EQ(f.entry("model.layers.0.self_attn.q_proj.weight_packed").dtype, DType::U8);
+}
+
+TEST(QuantizeCli, HandWrittenPlanQuantizesAndEvaluates) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string plan = std::string(TOGA_SOURCE_DIR) + "/tests/quant/data/hand_plan.json";
+  const auto q = run_toga("quantize " + stories260k_path() + " " + dir / "q" + " --plan " + plan + kCalib);
+  ASSERT_EQ(q.code, 0) << q.output;
+  EXPECT_EQ(quant_config(dir / "q").at("recipe"), "hand");
+  const auto ppl = run_toga("eval ppl " + dir / "q" + " --dataset tinystories --max-windows 4 --json " + dir / "ppl.json");
+  ASSERT_EQ(ppl.code, 0) << ppl.output;
+  const auto j = nlohmann::json::parse(read_text_file(dir / "ppl.json"));
+  const double value = j.at("result").at("ppl").get<double>();
+  EXPECT_TRUE(std::isfinite(value) && value > 1.0 && value < 100.0) << value;
+
+  // A Plan decides what flags would: mixing them is refused.
+  const auto mixed = run_toga("quantize " + stories260k_path() + " " + dir / "mixed" + " --plan " + plan + " --wbits 3");
+  EXPECT_EQ(mixed.code, 1);
+  EXPECT_NE(mixed.output.find("--wbits cannot be combined with --plan"), std::string::npos) << mixed.output;
+}
+
+TEST(QuantizeCli, BadPlanIsOneLineErrorNamingTheFileAndWritesNothing) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string plan = dir / "plan.json";
+  write_text_atomically(plan, R"({"toga_plan": 1, "sites": {"layers.0.mlp.up_proj": {"salient": [64]}}})");
+  const auto r = run_toga("quantize " + stories260k_path() + " " + dir / "out" + " --plan " + plan);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find(plan + ": site 'layers.0.mlp.up_proj' salient: channel 64 is out of range [0, 64)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
