@@ -34,6 +34,7 @@ struct QuantizeFlags {
   std::string calib_data = "wikitext2-valid";
   std::string save_dtype = "fp32";
   std::string report_json;
+  bool force = false;
 };
 
 std::map<std::string, int64_t> read_salient_counts(const std::string& path) {
@@ -110,10 +111,12 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--seed", f->seed, "calibration sampling seed")->capture_default_str();
   cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors in the output")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
+  cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
   add_common_options(cmd, f->common);
   cmd->callback([f] {
     apply_common_options(f->common);
     QuantizeOptions opts = options_from_flags(*f);
+    check_output_paths(f->force, {f->output}, {f->report_json});
     auto lm = load_model_and_tokenizer(f->model, f->common);
     torch::Tensor calib;
     int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);
@@ -133,6 +136,7 @@ void register_quantize(CLI::App& app) {
                                              : nlohmann::json()}};
     extras.files = hf_tokenizer_files(*lm.tokenizer);
     const DType save = f->save_dtype == "bf16" ? DType::BF16 : f->save_dtype == "fp16" ? DType::F16 : DType::F32;
+    extras.on_existing = f->force ? OnExisting::kReplace : OnExisting::kRefuse;
     save_quantized_checkpoint(f->output, lm.model, opts, report, save, extras);
     std::printf("| scheme | method | weight bits (codes) | weight bits (with scales) | act bits | KV bits | time |\n"
                 "|---|---|---|---|---|---|---|\n| %s | %s | %.3f | %.3f | %.3f | %d | %.1fs |\n",
@@ -152,7 +156,8 @@ void register_quantize(CLI::App& app) {
                                   {"act_bits", report.act_bits},
                                   {"seconds", report.seconds},
                                   {"layers", layers},
-                                  {"run", run_info(f->common)}});
+                                  {"run", run_info(f->common)}},
+                 f->force);
     }
   });
 }

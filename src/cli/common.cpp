@@ -96,9 +96,17 @@ nlohmann::json run_info(const CommonOptions& o) {
   return {{"toga_version", TOGA_VERSION}, {"threads", at::get_num_threads()}, {"dtype", o.dtype}, {"date", when}};
 }
 
-void write_json(const std::string& path, const nlohmann::json& j) {
-  write_text_atomically(path, j.dump(2) + "\n");
+void write_json(const std::string& path, const nlohmann::json& j, bool force) {
+  write_text_atomically(path, j.dump(2) + "\n", force ? OnExisting::kReplace : OnExisting::kRefuse);
   std::fprintf(stderr, "wrote %s\n", path.c_str());
+}
+
+void check_output_paths(bool force, const std::vector<std::string>& dirs, const std::vector<std::string>& files) {
+  const OnExisting on = force ? OnExisting::kReplace : OnExisting::kRefuse;
+  for (const auto& d : dirs)
+    if (!d.empty()) check_output_dir(d, on);
+  for (const auto& f : files)
+    if (!f.empty()) check_output_file(f, on);
 }
 
 }  // namespace toga::cli
