@@ -15,13 +15,6 @@ namespace toga::cli {
 
 namespace {
 
-DType storage_dtype(const std::string& s) {
-  if (s == "fp32" || s == "float32") return DType::F32;
-  if (s == "bf16" || s == "bfloat16") return DType::BF16;
-  if (s == "fp16" || s == "float16") return DType::F16;
-  fail("unknown --dtype '{}' (use fp32, bf16 or fp16)", s);
-}
-
 // Decoded tensor bytes in the requested storage dtype.
 std::vector<uint8_t> encode(const std::vector<float>& v, DType d) {
   std::vector<uint8_t> out(v.size() * dtype_size(d));
@@ -52,7 +45,7 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--shard-mb", o->shard_mb, "split weights into shards above this size (MB)")->capture_default_str();
   cmd->add_flag("--force", o->force, "replace an earlier toga output at the output path");
   cmd->callback([o] {
-    const DType dt = storage_dtype(o->dtype);
+    const DType dt = parse_storage_dtype(o->dtype, "--dtype");
     check_output_paths(o->force, {o->output});
     Checkpoint ck = open_checkpoint(o->input);
     check_tensors_match_config(*ck.tensors, ck.config);

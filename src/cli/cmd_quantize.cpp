@@ -109,13 +109,14 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--calib-seqlen", f->calib_seqlen, "calibration window length (capped by context)")->capture_default_str();
   cmd->add_option("--calib-data", f->calib_data, "calibration text (WikiText-2 validation; train is not shipped)")->capture_default_str();
   cmd->add_option("--seed", f->seed, "calibration sampling seed")->capture_default_str();
-  cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors in the output")->capture_default_str();
+  cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors: fp32, bf16, fp16")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
   cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
   add_common_options(cmd, f->common);
   cmd->callback([f] {
     apply_common_options(f->common);
     QuantizeOptions opts = options_from_flags(*f);
+    const DType save = parse_storage_dtype(f->save_dtype, "--save-dtype");
     check_output_paths(f->force, {f->output}, {f->report_json});
     auto lm = load_model_and_tokenizer(f->model, f->common);
     torch::Tensor calib;
@@ -135,7 +136,6 @@ void register_quantize(CLI::App& app) {
                                                               {"seqlen", calib_seqlen}, {"seed", f->seed}}
                                              : nlohmann::json()}};
     extras.files = hf_tokenizer_files(*lm.tokenizer);
-    const DType save = f->save_dtype == "bf16" ? DType::BF16 : f->save_dtype == "fp16" ? DType::F16 : DType::F32;
     extras.on_existing = f->force ? OnExisting::kReplace : OnExisting::kRefuse;
     save_quantized_checkpoint(f->output, lm.model, opts, report, save, extras);
     std::printf("| scheme | method | weight bits (codes) | weight bits (with scales) | act bits | KV bits | time |\n"

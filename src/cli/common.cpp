@@ -109,4 +109,11 @@ void check_output_paths(bool force, const std::vector<std::string>& dirs, const 
     if (!f.empty()) check_output_file(f, on);
 }
 
+DType parse_storage_dtype(const std::string& value, const std::string& flag) {
+  if (value == "fp32" || value == "float32") return DType::F32;
+  if (value == "bf16" || value == "bfloat16") return DType::BF16;
+  if (value == "fp16" || value == "float16") return DType::F16;
+  fail("unknown {} '{}' (use fp32, bf16 or fp16)", flag, value);
+}
+
 }  // namespace toga::cli

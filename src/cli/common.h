@@ -58,4 +58,8 @@ void write_json(const std::string& path, const nlohmann::json& j, bool force);
 // (`force` = the verb's --force). Empty paths (options not given) are skipped.
 void check_output_paths(bool force, const std::vector<std::string>& dirs, const std::vector<std::string>& files = {});
 
+// A storage dtype flag: fp32/float32, bf16/bfloat16, fp16/float16; anything else is an error naming
+// `flag`.
+DType parse_storage_dtype(const std::string& value, const std::string& flag);
+
 }  // namespace toga::cli

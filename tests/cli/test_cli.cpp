@@ -84,6 +84,20 @@ std::string tiny_text(size_t chars) {
   return text;
 }
 
+// The dtype of each tensor in a safetensors file, from its JSON header.
+std::map<std::string, std::string> safetensors_dtypes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  uint64_t n = 0;
+  f.read(reinterpret_cast<char*>(&n), 8);
+  std::string header(n, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(n));
+  const auto j = nlohmann::json::parse(header);
+  std::map<std::string, std::string> out;
+  for (const auto& [name, e] : j.items())
+    if (name != "__metadata__") out[name] = e["dtype"];
+  return out;
+}
+
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
@@ -371,4 +385,43 @@ TEST(CliOutputs, FileOutputsAreNewOrReplaceAFileWithForce) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_TRUE(contains(r.output, "error: " + d + ": ") && contains(r.output, "directory")) << r.output;
   EXPECT_EQ(read_text_file(d + "/notes.txt"), "mine");
+}
+
+TEST(Cli, QuantizeSaveDtypeIsCheckedAndHonoured) {
+  ScratchDir dir;
+  const std::string model = dir / "tiny";
+  write_tiny_model(model);
+  write_text_atomically(dir / "text.txt", tiny_text(500));
+  auto r = run_toga("quantize " + model + " " + dir / "bogus" + " --method rtn --save-dtype bogus");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "error: ") && contains(r.output, "--save-dtype") && contains(r.output, "'bogus'"))
+      << r.output;
+  EXPECT_FALSE(fs::exists(dir / "bogus"));
+
+  // The tensors toga does not quantize (embeddings, norms, lm_head) are stored in the dtype asked for,
+  // under every spelling; the packed codes are not.
+  for (const auto& [flag, dtype, torch_dtype] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{{"bfloat16", "BF16", "bfloat16"},
+                                                                      {"bf16", "BF16", "bfloat16"},
+                                                                      {"float16", "F16", "float16"},
+                                                                      {"fp16", "F16", "float16"},
+                                                                      {"float32", "F32", "float32"},
+                                                                      {"fp32", "F32", "float32"}}) {
+    SCOPED_TRACE(flag);
+    const std::string out = dir / flag;
+    r = run_toga("quantize " + model + " " + out + " --method rtn --wbits 4 --save-dtype " + flag);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto dtypes = safetensors_dtypes(out + "/model.safetensors");
+    for (const char* t : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+                          "model.layers.0.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight"}) {
+      ASSERT_TRUE(dtypes.count(t)) << t;
+      EXPECT_EQ(dtypes.at(t), dtype) << t;
+    }
+    EXPECT_FALSE(dtypes.count("model.layers.0.self_attn.q_proj.weight"));  // stored as codes and fp16 scales
+    EXPECT_EQ(dtypes.at("model.layers.0.self_attn.q_proj.weight_packed"), "U8");
+    EXPECT_EQ(dtypes.at("model.layers.0.self_attn.q_proj.weight_scale"), "F16");
+    EXPECT_EQ(nlohmann::json::parse(read_text_file(out + "/config.json"))["torch_dtype"], torch_dtype);
+    r = run_toga("eval ppl " + out + " --dataset " + dir / "text.txt" + " --seqlen 32 --max-windows 1");
+    EXPECT_EQ(r.code, 0) << r.output;  // the checkpoint loads
+  }
 }
