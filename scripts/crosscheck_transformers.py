@@ -74,7 +74,8 @@ def main():
     worst = 0.0
     for i, text in enumerate(PROMPTS):
         prefix = os.path.join(tmp, f"prompt{i}")
-        toga("eval", "logits", gguf_path, "--text", text, "--special", "--out", prefix, "--threads", str(args.threads))
+        toga("eval", "logits", gguf_path, "--text", text, "--special", "--out", prefix, "--force",
+             "--threads", str(args.threads))
         meta = json.load(open(prefix + ".json"))
         ids = tok(text, add_special_tokens=False)["input_ids"]
         ours = np.fromfile(prefix + ".f32", dtype=np.float32).reshape(meta["shape"])
@@ -108,7 +109,7 @@ def main():
     hf_ppl = math.exp(nll / n)
     hf_seconds = time.time() - t0
     ppl_json = os.path.join(tmp, "toga_ppl.json")
-    toga("eval", "ppl", gguf_path, "--seqlen", str(seqlen), "--max-windows", str(n), "--json", ppl_json,
+    toga("eval", "ppl", gguf_path, "--seqlen", str(seqlen), "--max-windows", str(n), "--json", ppl_json, "--force",
          "--threads", str(args.threads))
     ours = json.load(open(ppl_json))["result"]
     result["wikitext2_test"] = {"hf_tokens": len(enc), "toga_tokens": ours["tokens_total"], "windows": n,

@@ -126,7 +126,9 @@ def measure(args, model_key):
             ckpt = os.path.join(work, name)
             report = os.path.join(work, name + ".quantize.json")
             if not os.path.exists(report):
-                run([args.toga, "quantize", base, ckpt, *flags, *spec["calib"], "--report", report, *common], log)
+                # --force: an interrupted step may have left its checkpoint without the report.
+                run([args.toga, "quantize", base, ckpt, *flags, *spec["calib"], "--report", report, "--force",
+                     *common], log)
             model = ckpt
         for kv in (16, 4):
             if kv == 4 and name in spec.get("kv4_skip", []):

@@ -54,8 +54,9 @@ STORIES_RUN = ("stories260k_l200", "all", 200)
 def toga_step(args, name, model, tasks, limit):
     out = os.path.join(args.work, f"toga_{name}.json")
     if not os.path.exists(out):
+        # --force: an interrupted step may have left its items file without the JSON.
         cmd = [args.toga, "eval", "tasks", model, "--tasks", tasks, "--threads", str(args.threads), "--json", out,
-               "--dump-items", os.path.join(args.work, f"toga_{name}_items.jsonl")]
+               "--dump-items", os.path.join(args.work, f"toga_{name}_items.jsonl"), "--force"]
         if limit:
             cmd += ["--limit", str(limit)]
         run(cmd, os.path.join(args.work, "log.txt"))

@@ -23,10 +23,27 @@ inline std::string smollm2_path() {
   return shared_path("data/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
 }
 
-// Skips the test (with a message) when a shared file is absent, e.g. outside the CI layout.
-#define TOGA_REQUIRE_FILE(path)                                                   \
-  do {                                                                            \
-    if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing shared file " << (path); \
+// Whether a missing shared file fails a test rather than skipping it: under CI (the CI variable set
+// and not "0"/"false"; .ci/run sets it) a silent skip would hide lost coverage, unless
+// TOGA_ALLOW_MISSING_SHARED=1 says that running without ../shared is intended.
+inline bool shared_data_required() {
+  const char* allow = std::getenv("TOGA_ALLOW_MISSING_SHARED");
+  if (allow && std::string(allow) == "1") return false;
+  const char* ci = std::getenv("CI");
+  if (!ci) return false;
+  const std::string v = ci;
+  return !v.empty() && v != "0" && v != "false";
+}
+
+// The one place a test gives up on shared data: it skips (with a message) when a shared file is
+// absent, e.g. outside the CI layout, and fails instead where shared_data_required().
+#define TOGA_REQUIRE_FILE(path)                                                                               \
+  do {                                                                                                        \
+    if (!std::filesystem::exists(path)) {                                                                     \
+      if (::toga::test::shared_data_required())                                                               \
+        FAIL() << "missing shared file " << (path) << " (CI is set; TOGA_ALLOW_MISSING_SHARED=1 to skip)";    \
+      GTEST_SKIP() << "missing shared file " << (path);                                                       \
+    }                                                                                                         \
   } while (0)
 
 // A fresh directory under the build tree, removed at the end of the test.

@@ -15,13 +15,6 @@ namespace toga::cli {
 
 namespace {
 
-DType storage_dtype(const std::string& s) {
-  if (s == "fp32" || s == "float32") return DType::F32;
-  if (s == "bf16" || s == "bfloat16") return DType::BF16;
-  if (s == "fp16" || s == "float16") return DType::F16;
-  fail("unknown --dtype '{}' (use fp32, bf16 or fp16)", s);
-}
-
 // Decoded tensor bytes in the requested storage dtype.
 std::vector<uint8_t> encode(const std::vector<float>& v, DType d) {
   std::vector<uint8_t> out(v.size() * dtype_size(d));
@@ -41,15 +34,19 @@ void register_convert(CLI::App& app) {
   struct Opts {
     std::string input, output, dtype = "fp32", tokenizer;
     uint64_t shard_mb = 5000;
+    bool force = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("input", o->input, "GGUF file, llama2.c .bin or HF directory")->required();
-  cmd->add_option("output", o->output, "output directory (replaced atomically)")->required();
+  cmd->add_option("output", o->output, "output directory: a new path (or, with --force, an earlier toga output)")
+      ->required();
   cmd->add_option("--dtype", o->dtype, "storage dtype: fp32, bf16, fp16")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer to bundle (default: the model's own)");
   cmd->add_option("--shard-mb", o->shard_mb, "split weights into shards above this size (MB)")->capture_default_str();
+  cmd->add_flag("--force", o->force, "replace an earlier toga output at the output path");
   cmd->callback([o] {
-    const DType dt = storage_dtype(o->dtype);
+    const DType dt = parse_storage_dtype(o->dtype, "--dtype");
+    check_output_paths(o->force, {o->output});
     Checkpoint ck = open_checkpoint(o->input);
     check_tensors_match_config(*ck.tensors, ck.config);
     ModelConfig config = ck.config;
@@ -83,6 +80,7 @@ void register_convert(CLI::App& app) {
       gen["eos_token_id"] = config.eos_token_ids.size() == 1 ? nlohmann::json(config.eos_token_ids[0])
                                                              : nlohmann::json(config.eos_token_ids);
     wo.extra_files["generation_config.json"] = gen.dump(2) + "\n";
+    wo.output = {"convert", o->force ? OnExisting::kReplace : OnExisting::kRefuse};
     write_hf_checkpoint(o->output, config, tensors, wo);
     std::fprintf(stderr, "wrote %s (%zu tensors, %s)\n", o->output.c_str(), tensors.size(), config.torch_dtype.c_str());
   });

@@ -17,6 +17,7 @@ struct WindowFlags {
   int seqlen = 2048;
   int max_windows = 0;
   std::string json;
+  bool force = false;
 };
 
 void add_window_flags(CLI::App* cmd, WindowFlags& w) {
@@ -25,7 +26,8 @@ void add_window_flags(CLI::App* cmd, WindowFlags& w) {
       ->capture_default_str();
   cmd->add_option("--seqlen", w.seqlen, "window length, capped by the model's context")->capture_default_str();
   cmd->add_option("--max-windows", w.max_windows, "evaluate only the first N windows (0 = all)");
-  cmd->add_option("--json", w.json, "write the result as JSON here");
+  cmd->add_option("--json", w.json, "write the result as JSON here (a new file)");
+  cmd->add_flag("--force", w.force, "replace an existing --json file");
 }
 
 WindowOptions window_options(const WindowFlags& w, const ModelConfig& c, const std::string& dataset_name) {
@@ -59,6 +61,7 @@ void register_eval(CLI::App& app) {
     add_common_options(cmd, o->common);
     cmd->callback([o] {
       apply_common_options(o->common);
+      check_output_paths(o->w.force, {}, {o->w.json});
       auto lm = load_model_and_tokenizer(o->model, o->common);
       const auto text = load_eval_text(o->w.dataset);
       const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
@@ -73,7 +76,7 @@ void register_eval(CLI::App& app) {
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
                             {"run", run_info(o->common)}};
-        write_json(o->w.json, j);
+        write_json(o->w.json, j, o->w.force);
       }
     });
   }
@@ -83,16 +86,19 @@ void register_eval(CLI::App& app) {
     struct Opts {
       CommonOptions common;
       std::string model, text, out;
-      bool special = false;
+      bool special = false, force = false;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("model", o->model, "model: HF directory, .gguf file, llama2.c .bin")->required();
     cmd->add_option("--text", o->text, "the text (tokenized as for evaluation: BOS if the model adds one)")->required();
     cmd->add_option("--out", o->out, "writes OUT.json (ids, shape) and OUT.f32 (float32 logits, row-major)")->required();
     cmd->add_flag("--special", o->special, "parse control tokens written in the text");
+    cmd->add_flag("--force", o->force, "replace existing OUT.json and OUT.f32 files");
     add_common_options(cmd, o->common);
     cmd->callback([o] {
       apply_common_options(o->common);
+      const OnExisting on_existing = o->force ? OnExisting::kReplace : OnExisting::kRefuse;
+      check_output_paths(o->force, {}, {o->out + ".f32", o->out + ".json"});
       auto lm = load_model_and_tokenizer(o->model, o->common);
       std::vector<int> ids = lm.tokenizer->encode(o->text, o->special);
       if (lm.tokenizer->add_bos && lm.tokenizer->bos_id >= 0) ids.insert(ids.begin(), lm.tokenizer->bos_id);
@@ -100,13 +106,14 @@ void register_eval(CLI::App& app) {
       std::vector<int64_t> ids64(ids.begin(), ids.end());
       torch::NoGradGuard ng;
       const auto logits = lm.model.forward(torch::tensor(ids64).unsqueeze(0))[0].to(torch::kFloat32).contiguous();
-      write_file_atomically(o->out + ".f32", [&](const std::string& tmp) {
+      write_file_atomically(o->out + ".f32", on_existing, [&](const std::string& tmp) {
         std::ofstream f(tmp, std::ios::binary);
         f.write(reinterpret_cast<const char*>(logits.data_ptr<float>()), logits.numel() * sizeof(float));
         if (!f) fail_file(tmp, "write failed");
       });
       write_json(o->out + ".json", {{"model", o->model}, {"text", o->text}, {"ids", ids},
-                                    {"shape", {logits.size(0), logits.size(1)}}, {"run", run_info(o->common)}});
+                                    {"shape", {logits.size(0), logits.size(1)}}, {"run", run_info(o->common)}},
+                 o->force);
     });
   }
 
@@ -127,6 +134,7 @@ void register_eval(CLI::App& app) {
     add_common_options(cmd, o->common);
     cmd->callback([o] {
       apply_common_options(o->common);
+      check_output_paths(o->w.force, {}, {o->w.json});
       // The reference stays as its checkpoint says: a KV4 model is measured against the FP model.
       CommonOptions base_common = o->common;
       base_common.kv_bits = o->base_kv_bits;
@@ -150,7 +158,7 @@ void register_eval(CLI::App& app) {
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
                             {"run", run_info(o->common)}};
-        write_json(o->w.json, j);
+        write_json(o->w.json, j, o->w.force);
       }
     });
   }

@@ -150,6 +150,7 @@ void register_eval_tasks(CLI::App* eval) {
     int64_t limit = 0, batch_tokens = 8192;
     int fewshot = 0;
     uint64_t seed = 1234;
+    bool force = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model", o->model, "model: HF directory, .gguf file, llama2.c .bin, quantized checkpoint");
@@ -160,11 +161,12 @@ void register_eval_tasks(CLI::App* eval) {
   cmd->add_option("--limit", o->limit, "score only the first N items of each task (per subject for MMLU)");
   cmd->add_option("--fewshot", o->fewshot, "examples in each context (MMLU: first k of dev)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "few-shot sampling seed for tasks without a few-shot split")->capture_default_str();
-  cmd->add_option("--json", o->json, "write results as JSON here");
+  cmd->add_option("--json", o->json, "write results as JSON here (a new file)");
   cmd->add_option("--dump-items", o->dump_items, "write per-item log-likelihoods and predictions (JSONL) here");
   cmd->add_option("--batch-tokens", o->batch_tokens, "max padded tokens per forward batch (prefixes or suffix rows)")->capture_default_str();
   cmd->add_option("--compare", o->compare, "print two --json results side by side (A.json B.json) and exit")
       ->expected(2);
+  cmd->add_flag("--force", o->force, "replace existing --json and --dump-items files");
   add_common_options(cmd, o->common);
   cmd->callback([o] {
     if (!o->compare.empty()) {
@@ -173,6 +175,7 @@ void register_eval_tasks(CLI::App* eval) {
     }
     if (o->model.empty()) fail("eval tasks: give a model (or --compare A.json B.json)");
     apply_common_options(o->common);
+    check_output_paths(o->force, {}, {o->json, o->dump_items});
     const auto names = split_tasks(o->tasks);
     // Before the model loads: a typo should not cost a model load.
     for (const auto& n : names)
@@ -217,9 +220,9 @@ void register_eval_tasks(CLI::App* eval) {
     results["average"] = average_of(results["tasks"]);
     results["run"] = run_info(o->common);
     print_table(results);
-    if (!o->json.empty()) write_json(o->json, results);
+    if (!o->json.empty()) write_json(o->json, results, o->force);
     if (!o->dump_items.empty()) {
-      write_text_atomically(o->dump_items, dump);
+      write_text_atomically(o->dump_items, dump, o->force ? OnExisting::kReplace : OnExisting::kRefuse);
       std::fprintf(stderr, "wrote %s\n", o->dump_items.c_str());
     }
   });

@@ -37,6 +37,7 @@ struct QuantizeFlags {
   std::string save_dtype = "fp32";
   std::string report_json;
   std::string plan_file, masks_file, emit_plan;
+  bool force = false;
 };
 
 std::map<std::string, int64_t> read_salient_counts(const std::string& path) {
@@ -90,13 +91,6 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) 
   return o;
 }
 
-DType save_dtype(const std::string& s) {
-  if (s == "fp32" || s == "float32") return DType::F32;
-  if (s == "bf16" || s == "bfloat16") return DType::BF16;
-  if (s == "fp16" || s == "float16") return DType::F16;
-  fail("unknown --save-dtype '{}' (use fp32, bf16 or fp16)", s);
-}
-
 }  // namespace
 
 void register_quantize(CLI::App& app) {
@@ -129,12 +123,14 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--calib-seqlen", f->calib_seqlen, "calibration window length (capped by context)")->capture_default_str();
   cmd->add_option("--calib-data", f->calib_data, "calibration text (WikiText-2 validation; train is not shipped)")->capture_default_str();
   cmd->add_option("--seed", f->seed, "calibration sampling seed")->capture_default_str();
-  cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors in the output")->capture_default_str();
+  cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors: fp32, bf16, fp16")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
+  cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
   add_common_options(cmd, f->common);
   cmd->callback([f, cmd] {
     apply_common_options(f->common);
-    const DType save = save_dtype(f->save_dtype);
+    const DType save = parse_storage_dtype(f->save_dtype, "--save-dtype");
+    check_output_paths(f->force, {f->output}, {f->report_json, f->emit_plan});
     if (!f->plan_file.empty()) {
       static const char* recipe_flags[] = {"--method", "--wbits", "--abits", "--high-bits", "--group-size",
                                            "--act-group-size", "--asym", "--act-asym", "--salient-frac",
@@ -183,9 +179,10 @@ void register_quantize(CLI::App& app) {
                                                               {"seqlen", calib_seqlen}, {"seed", f->seed}}
                                              : nlohmann::json()}};
     extras.files = hf_tokenizer_files(*lm.tokenizer);
+    extras.on_existing = f->force ? OnExisting::kReplace : OnExisting::kRefuse;
     save_quantized_checkpoint(f->output, lm.model, report, save, extras);
     if (!f->emit_plan.empty()) {
-      write_plan_file(f->emit_plan, report.plan);
+      write_plan_file(f->emit_plan, report.plan, f->force ? OnExisting::kReplace : OnExisting::kRefuse);
       std::fprintf(stderr, "wrote %s\n", f->emit_plan.c_str());
     }
     std::printf("| scheme | recipe | weight bits (codes) | weight bits (with scales) | act bits | KV bits | time |\n"
@@ -207,7 +204,8 @@ void register_quantize(CLI::App& app) {
                                   {"act_bits", report.act_bits},
                                   {"seconds", report.seconds},
                                   {"layers", layers},
-                                  {"run", run_info(f->common)}});
+                                  {"run", run_info(f->common)}},
+                 f->force);
     }
   });
 }

@@ -96,9 +96,24 @@ nlohmann::json run_info(const CommonOptions& o) {
   return {{"toga_version", TOGA_VERSION}, {"threads", at::get_num_threads()}, {"dtype", o.dtype}, {"date", when}};
 }
 
-void write_json(const std::string& path, const nlohmann::json& j) {
-  write_text_atomically(path, j.dump(2) + "\n");
+void write_json(const std::string& path, const nlohmann::json& j, bool force) {
+  write_text_atomically(path, j.dump(2) + "\n", force ? OnExisting::kReplace : OnExisting::kRefuse);
   std::fprintf(stderr, "wrote %s\n", path.c_str());
+}
+
+void check_output_paths(bool force, const std::vector<std::string>& dirs, const std::vector<std::string>& files) {
+  const OnExisting on = force ? OnExisting::kReplace : OnExisting::kRefuse;
+  for (const auto& d : dirs)
+    if (!d.empty()) check_output_dir(d, on);
+  for (const auto& f : files)
+    if (!f.empty()) check_output_file(f, on);
+}
+
+DType parse_storage_dtype(const std::string& value, const std::string& flag) {
+  if (value == "fp32" || value == "float32") return DType::F32;
+  if (value == "bf16" || value == "bfloat16") return DType::BF16;
+  if (value == "fp16" || value == "float16") return DType::F16;
+  fail("unknown {} '{}' (use fp32, bf16 or fp16)", flag, value);
 }
 
 }  // namespace toga::cli

@@ -51,7 +51,15 @@ EvalText load_eval_text(const std::string& dataset);
 std::vector<int> tokenize_for_eval(const Tokenizer& tok, const std::string& text);
 
 nlohmann::json run_info(const CommonOptions& o);
-// Writes JSON atomically (and prints where).
-void write_json(const std::string& path, const nlohmann::json& j);
+// Writes JSON atomically (and prints where) to a new path, or with `force` over an existing file.
+void write_json(const std::string& path, const nlohmann::json& j, bool force);
+
+// Refuses, before any work, outputs whose paths the rule in util/atomic_file.h does not allow
+// (`force` = the verb's --force). Empty paths (options not given) are skipped.
+void check_output_paths(bool force, const std::vector<std::string>& dirs, const std::vector<std::string>& files = {});
+
+// A storage dtype flag: fp32/float32, bf16/bfloat16, fp16/float16; anything else is an error naming
+// `flag`.
+DType parse_storage_dtype(const std::string& value, const std::string& flag);
 
 }  // namespace toga::cli

@@ -13,6 +13,7 @@
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "io/tensor_source.h"
+#include "util/atomic_file.h"
 
 namespace toga {
 
@@ -45,10 +46,12 @@ struct HFWriteOptions {
   std::map<std::string, std::string> extra_files;
   // The safetensors __metadata__ of every shard; transformers refuses files without "format".
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  // What may be at `dir` already (util/atomic_file.h): by default only a new path is written.
+  OutputDirPolicy output;
 };
 
-// Writes a Hugging Face checkpoint directory (config.json, weights, extra files), replacing `dir`
-// atomically as a whole. Tensors are stored in the given order and dtypes, unchecked against the
+// Writes a Hugging Face checkpoint directory (config.json, weights, extra files, toga's output
+// marker) atomically as a whole, at a new path or over what options.output allows. Tensors are stored in the given order and dtypes, unchecked against the
 // config so that quantized layouts with extra tensors can be written too.
 void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, const std::vector<TensorToWrite>& tensors,
                          const HFWriteOptions& options = {});

@@ -277,7 +277,7 @@ void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, cons
     (void)content;
     if (!is_plain_file_name(name)) fail_file(dir, "extra file name '{}' is not a plain file name", name);
     const bool weights = name.size() >= 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;
-    if (name == "config.json" || name == kIndexFile || weights)
+    if (name == "config.json" || name == kIndexFile || name == kOutputMarker || weights)
       fail_file(dir, "extra file '{}' would overwrite the checkpoint's own files", name);
   }
   std::set<std::string> names;
@@ -300,7 +300,7 @@ void write_hf_checkpoint(const std::string& dir, const ModelConfig& config, cons
     shard_bytes.back() += n;
   }
 
-  write_dir_atomically(dir, [&](const std::string& tmp) {
+  write_dir_atomically(dir, options.output, [&](const std::string& tmp) {
     write_json((fs::path(tmp) / "config.json").string(), cj);
     if (shards.size() == 1) {
       write_safetensors((fs::path(tmp) / kSingleFile).string(), shards[0], options.metadata);

@@ -203,6 +203,7 @@ void save_quantized_checkpoint(const std::string& dir, const Model& model, const
   HFWriteOptions wo;
   wo.extra_config = {{"quantization_config", qc}};
   wo.extra_files = extras.files;
+  wo.output = {"quantize", extras.on_existing};
   write_hf_checkpoint(dir, out_config, tensors, wo);
 }
 

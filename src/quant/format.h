@@ -30,10 +30,12 @@ int64_t packed_row_bytes(const std::vector<ColumnGroup>& groups);
 struct QuantizedCheckpointExtras {
   nlohmann::json base_model;  // what was quantized, with which options (provenance)
   std::map<std::string, std::string> files;  // tokenizer files etc. to bundle
+  OnExisting on_existing = OnExisting::kRefuse;  // whether an earlier toga output at `dir` may be replaced
 };
 
 // Writes model (its non-quantized tensors in `dtype`, from Model::named_tensors) plus the
-// quantized linears and the resolved Plan as a directory, atomically. The scales and zero points in
+// quantized linears and the resolved Plan as a directory, atomically, at a new path or over what
+// extras.on_existing allows (util/atomic_file.h). The scales and zero points in
 // `report` must already be fp16-representable (they are when they come from apply_plan).
 void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
                                DType dtype, const QuantizedCheckpointExtras& extras);

@@ -255,8 +255,8 @@ Plan read_plan_file(const std::string& path) {
   return plan_from_json(j, path);
 }
 
-void write_plan_file(const std::string& path, const Plan& plan) {
-  write_text_atomically(path, plan_to_json(plan).dump(1) + "\n");
+void write_plan_file(const std::string& path, const Plan& plan, OnExisting on_existing) {
+  write_text_atomically(path, plan_to_json(plan).dump(1) + "\n", on_existing);
 }
 
 void validate_plan(const Plan& plan_in, const Model& model, const std::string& where) {

@@ -18,6 +18,7 @@
 #include "model/model.h"
 #include "model/structure.h"
 #include "quant/quantizer.h"
+#include "util/atomic_file.h"
 
 namespace toga {
 
@@ -66,7 +67,7 @@ struct Plan {
 nlohmann::json plan_to_json(const Plan& plan);
 Plan plan_from_json(const nlohmann::json& j, const std::string& where);
 Plan read_plan_file(const std::string& path);
-void write_plan_file(const std::string& path, const Plan& plan);
+void write_plan_file(const std::string& path, const Plan& plan, OnExisting on_existing = OnExisting::kRefuse);
 
 // Checks a Plan against a model before any work: every named site exists, index lists are in
 // range and without repeats, an order is a permutation of what its site reads (after the plan's

@@ -8,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli_util.h"
-#include "io/safetensors.h"
 #include "test_util.h"
 #include "util/atomic_file.h"
 
@@ -51,20 +50,6 @@ TEST(QuantizeCli, AtomDefaultsYieldToEveryFlagGiven) {
   EXPECT_DOUBLE_EQ(qc.at("layers").at(site).at("weight_low").at("clip_ratio").get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(qc.at("layers").at(site).at("act_low").at("clip_ratio").get<double>(), 1.0);
   EXPECT_TRUE(qc.at("kv_cache_scheme").is_null());
-}
-
-TEST(QuantizeCli, SaveDtypeIsCheckedAndHonoured) {
-  TOGA_REQUIRE_FILE(stories260k_path());
-  ScratchDir dir;
-  const auto bad = run_toga("quantize " + stories260k_path() + " " + dir / "bad" + " --save-dtype bfloat17");
-  EXPECT_EQ(bad.code, 1) << bad.output;
-  EXPECT_NE(bad.output.find("--save-dtype 'bfloat17'"), std::string::npos) << bad.output;
-  EXPECT_FALSE(fs::exists(dir / "bad"));
-  ASSERT_EQ(run_toga("quantize " + stories260k_path() + " " + dir / "bf16" + " --save-dtype bfloat16").code, 0);
-  const SafetensorsFile f(dir / "bf16/model.safetensors");
-  EXPECT_EQ(f.entry("model.embed_tokens.weight").dtype, DType::BF16);
-  EXPECT_EQ(f.entry("model.layers.0.input_layernorm.weight").dtype, DType::BF16);
-  EXPECT_EQ(f.entry("model.layers.0.self_attn.q_proj.weight_packed").dtype, DType::U8);
 }
 
 TEST(QuantizeCli, HandWrittenPlanQuantizesAndEvaluates) {

@@ -164,8 +164,10 @@ TEST(HFCheckpoint, ShardedAndUnshardedGiveIdenticalTensors) {
     EXPECT_EQ(read(*a.tensors, t.name), read(*b.tensors, t.name)) << t.name;
   }
 
-  // Rewriting a directory replaces it whole: no stale shards survive.
-  write_hf_checkpoint(dir / "many", c, w.views());
+  // Rewriting a directory (allowed: toga wrote it) replaces it whole: no stale shards survive.
+  HFWriteOptions again;
+  again.output.on_existing = OnExisting::kReplace;
+  write_hf_checkpoint(dir / "many", c, w.views(), again);
   EXPECT_FALSE(fs::exists(dir / "many/model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(dir / "many/model-00001-of-" + fmt::format("{:05d}", n) + ".safetensors"));
   EXPECT_TRUE(fs::exists(dir / "many/model.safetensors"));
@@ -358,6 +360,9 @@ TEST(HFCheckpoint, WriterRejectsBadExtraFiles) {
   EXPECT_THROW(write_hf_checkpoint(dir / "a", c, w.views(), opt), Error);
   opt.extra_files.clear();
   opt.extra_files["config.json"] = "{}";
+  EXPECT_THROW(write_hf_checkpoint(dir / "a", c, w.views(), opt), Error);
+  opt.extra_files.clear();
+  opt.extra_files[kOutputMarker] = "{}";  // toga's output marker is written by toga alone
   EXPECT_THROW(write_hf_checkpoint(dir / "a", c, w.views(), opt), Error);
   EXPECT_FALSE(fs::exists(dir / "a"));
 }
