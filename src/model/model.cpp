@@ -13,6 +13,7 @@ torch::Tensor LinearSite::forward(const torch::Tensor& x) const {
   for (const auto& [id, observe] : observers_) observe(*this, x);
   torch::Tensor in = in_index.defined() ? x.index_select(-1, in_index) : x;
   if (in_mask.defined()) in = in * in_mask;
+  if (in_transform.defined()) in = torch::matmul(in, in_transform);
   if (act.active()) in = fake_quantize_activation(in, act.low, act.high, act.salient);
   if (custom_input) in = custom_input(in);
   static const DenseLinearKernel dense;
@@ -58,6 +59,7 @@ void LinearSite::clear_attachments() {
   observers_.clear();
   act = {};
   in_mask = torch::Tensor();
+  in_transform = torch::Tensor();
   out_mask = torch::Tensor();
   custom_input = nullptr;
   custom_weight = nullptr;

@@ -62,7 +62,7 @@ class LinearKernel {
 // they are decisions a checkpoint records (index lists, activation quantizer, masks, kernel) and
 // closures only where a search needs an arbitrary differentiable function (custom_*).
 //
-// forward(x): observers(x) → gather in_index → in_mask → activation quantizer → custom_input →
+// forward(x): observers(x) → gather in_index → in_mask → in_transform → activation quantizer → custom_input →
 //             kernel(x, weight after custom_weight) → out_mask → custom_output → scatter out_index
 struct LinearSite {
   std::string name;      // e.g. "layers.7.mlp.down_proj", "lm_head"
@@ -77,6 +77,9 @@ struct LinearSite {
   int64_t out_width = 0;
   ActivationQuant act;
   torch::Tensor in_mask;   // [in] multiplies the gathered input (pruning masks; soft masks may require grad)
+  // [in, in] orthogonal, online: the gathered input is multiplied by it before quantization (the
+  // stored weight already holds W·R), so rotated activations are what gets quantized.
+  torch::Tensor in_transform;
   torch::Tensor out_mask;  // [out] multiplies the output rows (before the scatter)
   std::shared_ptr<const LinearKernel> kernel;  // null = the dense kernel
   TensorFn custom_input, custom_weight, custom_output;

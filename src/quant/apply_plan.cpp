@@ -5,6 +5,7 @@
 #include "model/linear_kernel.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
+#include "quant/transforms.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -74,10 +75,22 @@ QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const Site
   }
   if (q.salient < 0 || q.salient > in) fail_file(where, "site '{}': salient count {} outside [0, {}]", s.name, q.salient, in);
   q.perm = order;
-  const auto w = s.weight.to(torch::kFloat32).index_select(1, q.perm);
+  q.transform = p.transform;
+  q.transform_seed = p.transform_seed;
+  auto w = s.weight.to(torch::kFloat32).index_select(1, q.perm);
+  torch::Tensor rot;
+  if (!q.transform.empty()) {
+    try {
+      rot = partitioned_transform(q.transform, in, q.salient, q.transform_seed).to(dev);
+    } catch (const Error& e) {
+      fail_file(where, "site '{}': {}", s.name, e.what());
+    }
+    w = torch::matmul(w, rot);
+  }
   if (p.method == "gptq") {
     if (!st || !st->xtx.defined()) fail_file(where, "site '{}': GPTQ needs a calibration Hessian", s.name);
-    const auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
+    auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
+    if (rot.defined()) h = torch::matmul(torch::matmul(rot.t(), h), rot);  // the Hessian of x·R
     GptqOptions o;
     o.low = p.weight_low;
     o.high = p.weight_high;
@@ -127,6 +140,9 @@ void attach_quantized_linear(Model& model, const QuantizedLinear& q, bool set_we
   const auto perm = q.perm.to(dev);
   // A copy: the site must not alias the report's permutation (callers edit reports).
   s.in_index = block_index.defined() ? block_index.to(dev).index_select(0, perm) : perm.clone();
+  s.in_transform = q.transform.empty() ? torch::Tensor()
+                                        : partitioned_transform(q.transform, q.perm.numel(), q.salient, q.transform_seed)
+                                              .to(dev, s.weight.scalar_type());
   s.act = {q.act_low, q.act_high, q.salient};
   if (!s.act.active()) s.act = {};
   s.kernel = choose_linear_kernel("dense");

@@ -25,6 +25,8 @@ struct QuantizedLinear {
   QuantSpec weight_low, weight_high;
   QuantSpec act_low, act_high;
   std::string method = "rtn";
+  std::string transform;   // online input transform (quant/transforms.h), "" = none
+  uint64_t transform_seed = 0;
   double gptq_loss = 0;    // 0 for RTN
 };
 

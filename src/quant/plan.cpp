@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "quant/transforms.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -34,16 +35,17 @@ nlohmann::json site_to_json(const SitePlan& s) {
   j["method"] = s.method;
   j["weight"] = {{"low", quant_spec_to_json(s.weight_low)}, {"high", quant_spec_to_json(s.weight_high)}};
   j["act"] = {{"low", quant_spec_to_json(s.act_low)}, {"high", quant_spec_to_json(s.act_high)}};
+  if (!s.transform.empty()) j["transform"] = {{"kind", s.transform}, {"seed", s.transform_seed}, {"mode", "online"}};
   return j;
 }
 
-const std::set<std::string> kSiteKeys = {"order", "salient", "method", "weight", "act"};
+const std::set<std::string> kSiteKeys = {"order", "salient", "method", "weight", "act", "transform"};
 
 SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const std::string& site) {
   const std::string what = "site '" + site + "'";
   if (!j.is_object()) fail_file(where, "{}: expected an object", what);
   for (const auto& [k, v] : j.items())
-    if (!kSiteKeys.count(k)) fail_file(where, "{}: unknown key '{}' (known: order, salient, method, weight, act)", what, k);
+    if (!kSiteKeys.count(k)) fail_file(where, "{}: unknown key '{}' (known: order, salient, method, weight, act, transform)", what, k);
   SitePlan s;
   if (j.contains("order")) {
     const auto& o = j["order"];
@@ -84,6 +86,25 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
   };
   specs("weight", s.weight_low, s.weight_high);
   specs("act", s.act_low, s.act_high);
+  if (j.contains("transform") && !j["transform"].is_null()) {
+    const auto& t = j["transform"];
+    if (!t.is_object() || !t.contains("kind") || !t["kind"].is_string())
+      fail_file(where, "{}: transform must be {{\"kind\": \"hadamard\"|\"rotation\", \"seed\": n}}", what);
+    for (const auto& [k, v] : t.items())
+      if (k != "kind" && k != "seed" && k != "mode") fail_file(where, "{}: transform has an unknown key '{}'", what, k);
+    s.transform = t["kind"].get<std::string>();
+    if (!is_known_transform(s.transform))
+      fail_file(where, "{}: unknown transform '{}' (known: hadamard, rotation)", what, s.transform);
+    if (t.contains("seed")) {
+      if (!t["seed"].is_number_unsigned()) fail_file(where, "{}: transform seed must be a non-negative integer", what);
+      s.transform_seed = t["seed"].get<uint64_t>();
+    }
+    const std::string mode = t.value("mode", std::string("online"));
+    // A rotation folded into the neighbouring layers (SpinQuant's R1/R2) needs the RMSNorm gains folded
+    // first: that toolkit is not part of this engine yet, so the Plan says so instead of ignoring it.
+    if (mode != "online")
+      fail_file(where, "{}: transform mode '{}' is not supported (only \"online\" input transforms)", what, mode);
+  }
   return s;
 }
 
@@ -327,6 +348,9 @@ void validate_plan(const Plan& plan_in, const Model& model, const std::string& w
     const bool has_salient = s.salient.defined() ? s.salient.numel() > 0 : s.salient_count > 0 || s.salient_fraction > 0;
     if (has_salient) storable(s.weight_high, true, "weight.high");
     storable(s.act_low, false, "act.low");
+    if (!s.transform.empty() && plan.gptq.act_order && s.method == "gptq")
+      fail_file(where, "{}: an input transform with GPTQ act-order is not supported (the transform is fixed before "
+                       "GPTQ reorders columns)", w);
     if (has_salient) storable(s.act_high, false, "act.high");
   }
   if (plan.kv.quantized() && plan.kv.bits < 2) fail_file(where, "kv bits {}: at least 2", plan.kv.bits);

@@ -36,6 +36,10 @@ struct SitePlan {
   std::string method = "rtn";  // weight quantizer: "rtn" | "gptq"
   QuantSpec weight_low{4, true, 0}, weight_high{8, true, 0};
   QuantSpec act_low{16}, act_high{16};  // bits 16 = weight-only
+  // Online orthogonal input transform (quant/transforms.h): "" | "hadamard" | "rotation", applied
+  // to the stored-order input inside each salient partition; the weight is quantized as W·R.
+  std::string transform;
+  uint64_t transform_seed = 0;
 
   bool needs_statistics() const { return order_rule == "mean_abs" || method == "gptq"; }
   bool needs_hessian() const { return method == "gptq"; }
