@@ -51,11 +51,7 @@ QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const Site
 
   QuantizedLinear q;
   q.site = s.name;
-  q.method = p.method;
-  q.weight_low = p.weight_low;
-  q.weight_high = p.weight_high;
-  q.act_low = p.act_low;
-  q.act_high = p.act_high;
+  static_cast<SiteScheme&>(q) = p;
   // Column order before the salient split.
   torch::Tensor order = torch::arange(in, long_opts);
   if (p.order.defined()) {
@@ -75,8 +71,6 @@ QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const Site
   }
   if (q.salient < 0 || q.salient > in) fail_file(where, "site '{}': salient count {} outside [0, {}]", s.name, q.salient, in);
   q.perm = order;
-  q.transform = p.transform;
-  q.transform_seed = p.transform_seed;
   auto w = s.weight.to(torch::kFloat32).index_select(1, q.perm);
   torch::Tensor rot;
   if (!q.transform.empty()) {

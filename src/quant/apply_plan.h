@@ -15,18 +15,13 @@
 namespace toga {
 
 // The outcome for one linear site: what the checkpoint stores and the runtime reads.
-struct QuantizedLinear {
+struct QuantizedLinear : SiteScheme {
   std::string site;
   QuantizedWeight weight;  // columns in `perm` order
   // int64 [in]: stored column j is the site's input column perm[j] (before quantization: the
   // source channel itself, or the position in the block's pruning index list).
   torch::Tensor perm;
   int64_t salient = 0;     // the last `salient` stored columns use the high partition
-  QuantSpec weight_low, weight_high;
-  QuantSpec act_low, act_high;
-  std::string method = "rtn";
-  std::string transform;   // online input transform (quant/transforms.h), "" = none
-  uint64_t transform_seed = 0;
   double gptq_loss = 0;    // 0 for RTN
 };
 

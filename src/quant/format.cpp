@@ -178,8 +178,7 @@ void save_quantized_checkpoint(const std::string& dir, const Model& model, const
                     {"act_low", quant_spec_to_json(q.act_low)},
                     {"act_high", quant_spec_to_json(q.act_high)},
                     {"gptq_loss", q.gptq_loss}};
-    if (!q.transform.empty())
-      layers[stem]["transform"] = {{"kind", q.transform}, {"seed", q.transform_seed}, {"mode", "online"}};
+    if (!q.transform.empty()) layers[stem]["transform"] = transform_to_json(q);
   }
   const Plan& plan = report.plan;
   nlohmann::json kv = nullptr;
@@ -245,13 +244,7 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
     q.gptq_loss = entry.value("gptq_loss", 0.0);
     // Version 1 recorded the method for the whole checkpoint only.
     q.method = entry.value("method", qc.value("method", std::string("rtn")));
-    if (entry.contains("transform")) {
-      const auto& t = entry["transform"];
-      if (!t.is_object() || !is_known_transform(t.value("kind", std::string())) || t.value("mode", "online") != "online")
-        fail_file(where, "layer '{}': unknown transform {}", stem, t.dump());
-      q.transform = t["kind"].get<std::string>();
-      q.transform_seed = t.value("seed", uint64_t(0));
-    }
+    if (entry.contains("transform")) transform_from_json(entry["transform"], q, where, "layer '" + stem + "'");
     if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
       fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);
     q.weight.groups = column_groups(in, q.salient, low, high);
@@ -314,13 +307,7 @@ Plan plan_from_checkpoint(const Checkpoint& ck) {
     fail_file(where, "the checkpoint is pruned: its Plan cannot be re-applied to an unpruned base model from it alone");
   for (const auto& q : linears) {
     SitePlan s;
-    s.method = q.method;
-    s.weight_low = q.weight_low;
-    s.weight_high = q.weight_high;
-    s.act_low = q.act_low;
-    s.act_high = q.act_high;
-    s.transform = q.transform;
-    s.transform_seed = q.transform_seed;
+    static_cast<SiteScheme&>(s) = q;
     s.order = q.perm.clone();
     s.salient = q.perm.narrow(0, q.perm.numel() - q.salient, q.salient).clone();
     p.sites[q.site] = s;

@@ -25,6 +25,35 @@ torch::Tensor index_from_json(const nlohmann::json& j, const std::string& where,
   return torch::tensor(v, torch::kLong);
 }
 
+}  // namespace
+
+nlohmann::json transform_to_json(const SiteScheme& s) {
+  if (s.transform.empty()) return nullptr;
+  return {{"kind", s.transform}, {"seed", s.transform_seed}, {"mode", "online"}};
+}
+
+void transform_from_json(const nlohmann::json& t, SiteScheme& s, const std::string& where, const std::string& what) {
+  if (!t.is_object() || !t.contains("kind") || !t["kind"].is_string())
+    fail_file(where, "{}: transform must be {{\"kind\": \"hadamard\"|\"rotation\", \"seed\": n}}", what);
+  for (const auto& [k, v] : t.items())
+    if (k != "kind" && k != "seed" && k != "mode") fail_file(where, "{}: transform has an unknown key '{}'", what, k);
+  s.transform = t["kind"].get<std::string>();
+  if (!is_known_transform(s.transform))
+    fail_file(where, "{}: unknown transform '{}' (known: hadamard, rotation)", what, s.transform);
+  s.transform_seed = 0;
+  if (t.contains("seed")) {
+    if (!t["seed"].is_number_unsigned()) fail_file(where, "{}: transform seed must be a non-negative integer", what);
+    s.transform_seed = t["seed"].get<uint64_t>();
+  }
+  const std::string mode = t.value("mode", std::string("online"));
+  // A rotation folded into the neighbouring layers (SpinQuant's R1/R2) needs the RMSNorm gains folded
+  // first: that toolkit is not part of this engine yet, so the Plan says so instead of ignoring it.
+  if (mode != "online")
+    fail_file(where, "{}: transform mode '{}' is not supported (only \"online\" input transforms)", what, mode);
+}
+
+namespace {
+
 nlohmann::json site_to_json(const SitePlan& s) {
   nlohmann::json j;
   if (s.order.defined()) j["order"] = index_json(s.order);
@@ -35,7 +64,7 @@ nlohmann::json site_to_json(const SitePlan& s) {
   j["method"] = s.method;
   j["weight"] = {{"low", quant_spec_to_json(s.weight_low)}, {"high", quant_spec_to_json(s.weight_high)}};
   j["act"] = {{"low", quant_spec_to_json(s.act_low)}, {"high", quant_spec_to_json(s.act_high)}};
-  if (!s.transform.empty()) j["transform"] = {{"kind", s.transform}, {"seed", s.transform_seed}, {"mode", "online"}};
+  if (!s.transform.empty()) j["transform"] = transform_to_json(s);
   return j;
 }
 
@@ -86,25 +115,7 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
   };
   specs("weight", s.weight_low, s.weight_high);
   specs("act", s.act_low, s.act_high);
-  if (j.contains("transform") && !j["transform"].is_null()) {
-    const auto& t = j["transform"];
-    if (!t.is_object() || !t.contains("kind") || !t["kind"].is_string())
-      fail_file(where, "{}: transform must be {{\"kind\": \"hadamard\"|\"rotation\", \"seed\": n}}", what);
-    for (const auto& [k, v] : t.items())
-      if (k != "kind" && k != "seed" && k != "mode") fail_file(where, "{}: transform has an unknown key '{}'", what, k);
-    s.transform = t["kind"].get<std::string>();
-    if (!is_known_transform(s.transform))
-      fail_file(where, "{}: unknown transform '{}' (known: hadamard, rotation)", what, s.transform);
-    if (t.contains("seed")) {
-      if (!t["seed"].is_number_unsigned()) fail_file(where, "{}: transform seed must be a non-negative integer", what);
-      s.transform_seed = t["seed"].get<uint64_t>();
-    }
-    const std::string mode = t.value("mode", std::string("online"));
-    // A rotation folded into the neighbouring layers (SpinQuant's R1/R2) needs the RMSNorm gains folded
-    // first: that toolkit is not part of this engine yet, so the Plan says so instead of ignoring it.
-    if (mode != "online")
-      fail_file(where, "{}: transform mode '{}' is not supported (only \"online\" input transforms)", what, mode);
-  }
+  if (j.contains("transform") && !j["transform"].is_null()) transform_from_json(j["transform"], s, where, what);
   return s;
 }
 

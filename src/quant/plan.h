@@ -22,7 +22,24 @@
 
 namespace toga {
 
-struct SitePlan {
+// How one site's weights and inputs are quantized: what a Plan asks for and what a checkpoint stores
+// per layer (QuantizedLinear), so the two are copied as one.
+struct SiteScheme {
+  std::string method = "rtn";  // weight quantizer: "rtn" | "gptq"
+  QuantSpec weight_low{4, true, 0}, weight_high{8, true, 0};
+  QuantSpec act_low{16}, act_high{16};  // bits 16 = weight-only
+  // Online orthogonal input transform (quant/transforms.h): "" | "hadamard" | "rotation", applied
+  // to the stored-order input inside each salient partition; the weight is quantized as W·R.
+  std::string transform;
+  uint64_t transform_seed = 0;
+};
+
+// The JSON of a transform, {"kind", "seed", "mode": "online"}, as Plans and checkpoints write it
+// (null when there is none), and its reader, which names `where` and `what` in its errors.
+nlohmann::json transform_to_json(const SiteScheme& s);
+void transform_from_json(const nlohmann::json& j, SiteScheme& s, const std::string& where, const std::string& what);
+
+struct SitePlan : SiteScheme {
   // Stored column order: an explicit permutation of the channels the site reads, or a rule resolved
   // from calibration statistics at apply time ("mean_abs": ascending mean |x|, Atom's order), or
   // neither (keep the current order).
@@ -33,13 +50,6 @@ struct SitePlan {
   torch::Tensor salient;  // int64, or undefined
   int64_t salient_count = -1;
   double salient_fraction = 0.0;
-  std::string method = "rtn";  // weight quantizer: "rtn" | "gptq"
-  QuantSpec weight_low{4, true, 0}, weight_high{8, true, 0};
-  QuantSpec act_low{16}, act_high{16};  // bits 16 = weight-only
-  // Online orthogonal input transform (quant/transforms.h): "" | "hadamard" | "rotation", applied
-  // to the stored-order input inside each salient partition; the weight is quantized as W·R.
-  std::string transform;
-  uint64_t transform_seed = 0;
 
   bool needs_statistics() const { return order_rule == "mean_abs" || method == "gptq"; }
   bool needs_hessian() const { return method == "gptq"; }
