@@ -11,5 +11,6 @@ void register_eval_tasks(CLI::App* eval);
 void register_convert(CLI::App& app);
 void register_info(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_search(CLI::App& app);
 
 }  // namespace toga::cli

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   toga::cli::register_eval(app);
   toga::cli::register_convert(app);
   toga::cli::register_quantize(app);
+  toga::cli::register_search(app);
   toga::cli::register_info(app);
   try {
     app.parse(argc, argv);
