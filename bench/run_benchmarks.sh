@@ -2,7 +2,7 @@
 # Builds and runs the forward-throughput and load-memory benchmarks, saves their JSON under
 # docs/results/, and prints the markdown tables of docs/BENCHMARKS.md.
 #
-#   bench/run_benchmarks.sh [all|forward|memory|gptq|tables] [extra bench_forward flags]
+#   bench/run_benchmarks.sh [all|forward|memory|gptq|search|tables] [extra bench_forward flags]
 #
 # e.g. bench/run_benchmarks.sh forward --benchmark_filter='peak|smollm2'
 # Environment: TOGA_BENCH_BUILD (build dir, default build-bench), TOGA_BENCH_RESULTS (default
@@ -25,7 +25,7 @@ export TOGA_SHARED=${TOGA_SHARED:-$root/../shared}
 mkdir -p "$results"
 if [[ $mode != tables ]]; then
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build" --target bench_forward bench_load_memory bench_gptq -j"$(nproc)" >/dev/null
+  cmake --build "$build" --target bench_forward bench_load_memory bench_gptq bench_search_step -j"$(nproc)" >/dev/null
 fi
 
 machine() {
@@ -60,6 +60,13 @@ if [[ $mode == all || $mode == gptq ]]; then
   TOGA_BENCH_THREADS=${TOGA_BENCH_THREADS_GPTQ:-1} "$build/bench_gptq" --benchmark_out="$results/gptq.json" \
     --benchmark_out_format=json >&2
   echo "uptime after gptq: $(uptime)" | tee -a "$results/machine.txt" >&2
+fi
+
+if [[ $mode == all || $mode == search ]]; then
+  echo "uptime before search: $(uptime)" | tee -a "$results/machine.txt" >&2
+  TOGA_BENCH_THREADS=${TOGA_BENCH_THREADS_SEARCH:-2} "$build/bench_search_step" \
+    --benchmark_out="$results/search_step.json" --benchmark_out_format=json >&2
+  echo "uptime after search: $(uptime)" | tee -a "$results/machine.txt" >&2
 fi
 
 python3 - "$results" <<'EOF'
@@ -145,6 +152,17 @@ if os.path.exists(mem_path):
         print(f'| {os.path.basename(r["checkpoint"])} | {r["format"]} | {r["dtype"]} | {mib(r["weights_bytes"]):.0f} | '
               f'{mib(r["peak_minus_before_bytes"]):.0f} | {r["ratio"]:.3f} | {mib(r["after_minus_before_bytes"]):.0f} | '
               f'{r["load_seconds"]:.1f} | {r["load1"]:.2f} |')
+
+search_path = os.path.join(results, "search_step.json")
+if os.path.exists(search_path):
+    data = json.load(open(search_path))
+    print("\n### One TOGA-q search step (W4A4 + INT8 salient supernet, bf16, batch 1 x 512; FLOPs = 3 x forward)\n")
+    print("| benchmark | s/step | tokens/s | GFLOP/s | bf16 matmul peak (same run) | % of peak |\n|---|---:|---:|---:|---:|---:|")
+    for b in data["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration" or "error_occurred" in b or not b["name"].startswith("search_step"):
+            continue
+        print(f'| {b["name"]} | {b["real_time"] / 1000:.2f} | {b["tokens/s"]:.1f} | {b["GFLOP/s"]:.1f} | '
+              f'{b["bf16_peak_GFLOP/s"]:.1f} | {100 * b.get("of_bf16_peak", 0):.1f}% |')
 
 gptq_path = os.path.join(results, "gptq.json")
 if os.path.exists(gptq_path):

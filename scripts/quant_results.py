@@ -276,8 +276,12 @@ def report(args):
         out.append("")
     if have_plot:
         out += ["![weight bits vs KLD](results/quant_bits_vs_kld.png)", ""]
-    with open(os.path.join(ROOT, "docs", "RESULTS.md"), "w") as f:
-        f.write("\n".join(out))
+    path = os.path.join(ROOT, "docs", "RESULTS.md")
+    # Sections other scripts own (scripts/togaq_results.py) are kept as they are.
+    old = open(path).read() if os.path.exists(path) else ""
+    kept = old[old.index("<!-- togaq:begin -->"):] if "<!-- togaq:begin -->" in old else ""
+    with open(path, "w") as f:
+        f.write("\n".join(out) + ("\n" + kept if kept else ""))
     print("wrote docs/RESULTS.md")
 
 

@@ -28,19 +28,6 @@ using torch::Tensor;
 
 namespace {
 
-// GQA (4 query heads on 2 KV heads), two layers, sizes small enough for a finite difference of
-// every mask entry.
-ModelConfig gradient_config() {
-  ModelConfig c = tiny_config(Family::Llama);
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.vocab_size = 32;
-  return c;
-}
-
 Tensor token_batch(const ModelConfig& c) {
   torch::manual_seed(5);
   return torch::randint(c.vocab_size, {2, 8}, torch::kLong);
@@ -157,7 +144,7 @@ QuantSpec act_spec(int bits) {
 }  // namespace
 
 TEST(Gradients, MaskGradientsMatchFiniteDifferencesInFloat64) {
-  const ModelConfig c = gradient_config();
+  const ModelConfig c = gqa_gradient_config();
   Model m = random_model(c, 3, torch::kFloat64);
   const Tensor ids = token_batch(c);
   const std::vector<Mask> masks = attach_masks(m, torch::kFloat64);
@@ -201,7 +188,7 @@ TEST(Gradients, MaskGradientsMatchFiniteDifferencesInFloat64) {
 }
 
 TEST(Gradients, ActivationQuantizersPassTheStraightThroughGradient) {
-  const ModelConfig c = gradient_config();
+  const ModelConfig c = gqa_gradient_config();
   const Tensor ids = token_batch(c);
   // Mixed-precision activations: the last quarter of each site's input channels at INT8, the rest
   // at INT4, per token.
@@ -242,7 +229,7 @@ TEST(Gradients, ActivationQuantizersPassTheStraightThroughGradient) {
 }
 
 TEST(Gradients, Bfloat16BackwardReachesEveryMask) {
-  const ModelConfig c = gradient_config();
+  const ModelConfig c = gqa_gradient_config();
   const Tensor ids = token_batch(c);
   // Masks stay float32 (the master copy an optimizer updates); the transforms cast to bf16.
   for (bool with_act : {false, true}) {

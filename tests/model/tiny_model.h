@@ -26,4 +26,17 @@ inline Model random_model(const ModelConfig& c, uint64_t seed, torch::Dtype dtyp
   return build_model(c, random_weights(c, seed), opts);
 }
 
+// GQA (4 query heads on 2 KV heads), two layers, widths 16 / 24: small enough for a finite
+// difference of every mask entry, large enough that masks of every kind exist.
+inline ModelConfig gqa_gradient_config() {
+  ModelConfig c = tiny_config(Family::Llama);
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.vocab_size = 32;
+  return c;
+}
+
 }  // namespace toga::test

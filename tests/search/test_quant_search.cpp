@@ -21,17 +21,6 @@ using torch::Tensor;
 
 namespace {
 
-ModelConfig search_config() {
-  ModelConfig c = tiny_config(Family::Llama);
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.vocab_size = 32;
-  return c;
-}
-
 std::vector<int> token_stream(int vocab, int n, uint64_t seed) {
   torch::manual_seed(seed);
   const Tensor t = torch::randint(vocab, {n}, torch::kLong);
@@ -52,7 +41,7 @@ Tensor ce_loss(const Model& m, const Tensor& ids) {
 // is smooth and every other piece — hypernetwork, Gumbel-Sigmoid relaxation, budget term, the
 // model's backward to the masks — is checked exactly against finite differences in float64.
 TEST(QuantSearch, RelaxedLossGradientMatchesFiniteDifferences) {
-  const ModelConfig c = search_config();
+  const ModelConfig c = gqa_gradient_config();
   Model m = random_model(c, 3, torch::kFloat64);
   torch::manual_seed(4);
   const Tensor ids = torch::randint(c.vocab_size, {2, 8}, torch::kLong);
@@ -106,7 +95,7 @@ TEST(QuantSearch, RelaxedLossGradientMatchesFiniteDifferences) {
 }
 
 TEST(QuantSearch, HardLastKMasksAreTheFixedFractionModel) {
-  const ModelConfig c = search_config();
+  const ModelConfig c = gqa_gradient_config();
   torch::manual_seed(4);
   const Tensor ids = torch::randint(c.vocab_size, {2, 8}, torch::kLong);
   Model m = random_model(c, 3);
@@ -136,7 +125,7 @@ TEST(QuantSearch, HardLastKMasksAreTheFixedFractionModel) {
 }
 
 TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
-  const ModelConfig c = search_config();
+  const ModelConfig c = gqa_gradient_config();
   Model m = random_model(c, 3);
   const auto tokens = token_stream(c.vocab_size, 4000, 9);
   auto groups = quant_mask_groups(m);
@@ -177,7 +166,7 @@ TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
 }
 
 TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
-  const ModelConfig c = search_config();
+  const ModelConfig c = gqa_gradient_config();
   const auto tokens = token_stream(c.vocab_size, 4000, 9);
   auto run = [&](const std::string& ckpt, int steps, bool resume) {
     Model m = random_model(c, 3);

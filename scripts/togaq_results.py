@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""TOGA-q against the fixed-fraction (Atom-style) recipe at equal realized budget.
+
+For each configuration: `toga quantize --method atom` with a fixed salient fraction, and
+`toga search --mode quant` with the same quantizers, GPTQ, calibration and KV setting, its budget set
+to the fixed fraction's realized weight bits. Both are evaluated on WikiText-2 test (perplexity over
+the first PPL_WINDOWS windows, KLD and top-1 agreement against the FP model over the first
+KLD_WINDOWS), with and without a KV4 cache. Writes docs/results/togaq_<model>.json, the per-layer
+allocation figure docs/results/togaq_<model>_<config>_allocation.png, and the TOGA-q section of
+docs/RESULTS.md (between its markers; quant_results.py keeps it).
+
+    python3 scripts/togaq_results.py [--models smollm2] [--configs w4a4_s125] [--steps 150]
+    python3 scripts/togaq_results.py --report-only
+
+Every step is skipped when its output exists (delete the file to redo it).
+"""
+import argparse
+import json
+import os
+
+from results_common import load, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+BEGIN, END = "<!-- togaq:begin -->", "<!-- togaq:end -->"
+
+MODELS = {
+    "smollm2": {"path": os.path.join(SHARED, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+                "label": "SmolLM2-135M-Instruct", "seqlen": 2048, "ppl_windows": 32, "kld_windows": 4,
+                "calib": ["--calib", "16", "--calib-seqlen", "2048"]},
+    "stories260k": {"path": os.path.join(SHARED, "models/stories260K/stories260K.bin"), "label": "stories260K",
+                    "seqlen": 512, "ppl_windows": 64, "kld_windows": 64,
+                    "calib": ["--calib", "128", "--calib-seqlen", "512"]},
+}
+
+# name -> (label, quantizer flags shared by both methods, fixed salient fraction). The Atom recipe's
+# quantizers (groups of 128, clips 0.85 / 0.9, INT8 salient, GPTQ, KV4 in the checkpoint).
+CONFIGS = {
+    "w4a4_s125": ("W4A4 + INT8 salient (12.5% fixed vs learned)", ["--wbits", "4", "--abits", "4"], 0.125),
+    "w3a3_s3": ("W3A3 + INT8 salient (3% fixed vs learned)", ["--wbits", "3", "--abits", "3"], 0.03),
+    "w1.6a16": ("W1A16 + INT4 salient (20% fixed vs learned)",
+                ["--wbits", "1", "--binary-centered", "--abits", "16", "--high-bits", "4"], 0.2),
+}
+
+
+def measure(args, m, c):
+    spec, (label, flags, frac) = MODELS[m], CONFIGS[c]
+    work = os.path.join(args.work, m)
+    os.makedirs(work, exist_ok=True)
+    log = os.path.join(work, "log.txt")
+    base, common = spec["path"], ["--threads", str(args.threads)]
+    seq = ["--seqlen", str(spec["seqlen"])]
+    atom = os.path.join(work, f"atom_{c}")
+    atom_report = atom + ".quantize.json"
+    if not os.path.exists(atom_report):
+        run([args.toga, "quantize", base, atom, "--method", "atom", *flags, "--salient-frac", str(frac),
+             *spec["calib"], "--report", atom_report, "--force", *common], log)
+    budget = load(atom_report)["weight_bits_codes"]
+    togaq = os.path.join(work, f"togaq_{c}")
+    if not os.path.exists(os.path.join(togaq, "search.json")):
+        run([args.toga, "search", base, togaq, "--mode", "quant", "--budget", repr(budget), "--method", "atom", *flags,
+             "--steps", str(args.steps), "--batch", "2", "--seqlen", "512", "--dtype", "bf16", *spec["calib"],
+             "--force", *(["--resume"] if os.path.exists(togaq + ".search.pt") else []), *common], log)
+    fp_ppl = os.path.join(work, "fp32.ppl.json")
+    if not os.path.exists(fp_ppl):
+        run([args.toga, "eval", "ppl", base, *seq, "--max-windows", str(spec["ppl_windows"]), "--json", fp_ppl, *common], log)
+    for name, model in (("atom", atom), ("togaq", togaq)):
+        for kv in (16, 4):
+            tag = os.path.join(work, f"{name}_{c}.kv{kv}")
+            kvf = ["--kv-bits", str(kv)]
+            if not os.path.exists(tag + ".ppl.json"):
+                run([args.toga, "eval", "ppl", model, *seq, "--max-windows", str(spec["ppl_windows"]), "--json",
+                     tag + ".ppl.json", *kvf, *common], log)
+            if not os.path.exists(tag + ".kld.json"):
+                run([args.toga, "eval", "kld", model, "--base", base, *seq, "--max-windows", str(spec["kld_windows"]),
+                     "--json", tag + ".kld.json", *kvf, *common], log)
+
+
+def collect(args, m):
+    work = os.path.join(args.work, m)
+    rows = []
+    for c, (label, flags, frac) in CONFIGS.items():
+        search_json = os.path.join(work, f"togaq_{c}", "search.json")
+        atom_report = os.path.join(work, f"atom_{c}.quantize.json")
+        if not (os.path.exists(search_json) and os.path.exists(atom_report)):
+            continue
+        s = load(search_json)
+        for name in ("atom", "togaq"):
+            for kv in (16, 4):
+                tag = os.path.join(work, f"{name}_{c}.kv{kv}")
+                if not (os.path.exists(tag + ".ppl.json") and os.path.exists(tag + ".kld.json")):
+                    continue
+                p, k = load(tag + ".ppl.json")["result"], load(tag + ".kld.json")["result"]
+                bits = load(atom_report)["weight_bits_codes"] if name == "atom" else s["budget"]["realized_bits"]
+                rows.append({"config": c, "label": label, "method": name, "kv_bits": kv, "weight_bits": bits,
+                             "ppl": p["ppl"], "ppl_windows": p["windows"], "kld_mean": k["mean_kld"],
+                             "kld_p99": k["p99_kld"], "top1": k["top1_agreement"], "kld_windows": k["windows"],
+                             "search": {"options": s["options"], "seconds": s["seconds"],
+                                        "final_ce": s["curve"][-1]["ce"] if s["curve"] else None} if name == "togaq" else None})
+        plot_allocation(s, os.path.join(ROOT, "docs", "results", f"togaq_{m}_{c}_allocation.png"), frac,
+                        f"{MODELS[m]['label']}, {label}")
+    return rows
+
+
+def plot_allocation(search, path, frac, title):
+    """Salient fraction per layer and site type (the method's Figure 4), with the fixed fraction."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not available: no allocation plot")
+        return
+    kinds = ["attn_in", "o_in", "mlp_in", "down_in"]
+    names = {"attn_in": "q/k/v input", "o_in": "o_proj input", "mlp_in": "gate/up input", "down_in": "down_proj input"}
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for kind in kinds:
+        pts = sorted((g["layer"], g["salient_count"] / g["channels"]) for g in search["layers"] if g["kind"] == kind)
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=names[kind])
+    ax.axhline(100 * frac, color="k", ls="--", lw=1, label=f"fixed fraction {100 * frac:g}%")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("salient channels (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args):
+    lines = [BEGIN, "", "## TOGA-q against the fixed fraction at equal budget", "",
+             "Generated by `python3 scripts/togaq_results.py` (raw numbers: `docs/results/togaq_*.json`). Both methods use "
+             "the Atom recipe's quantizers (reorder by mean |x|, groups of 128, weight clip 0.85, activation clip 0.9, INT8 "
+             "salient part, GPTQ) and the same calibration; the fixed-fraction row keeps the same share of channels in "
+             "every layer, TOGA-q learns per layer how many and which (`toga search --mode quant`, budget = the fixed "
+             "row's realized weight bits, met from below). KV4 rows evaluate the same checkpoints with a 4-bit KV cache. "
+             "Perplexity: WikiText-2 test, first windows of the model's seqlen; KLD / top-1 against the FP model.", ""]
+    for m in args.models:
+        rows = collect(args, m)
+        with open(os.path.join(ROOT, "docs", "results", f"togaq_{m}.json"), "w") as f:
+            json.dump({"model": MODELS[m]["label"], "rows": rows}, f, indent=2)
+        if not rows:
+            continue
+        spec = MODELS[m]
+        fp = os.path.join(args.work, m, "fp32.ppl.json")
+        fp_line = f" FP32 over the same windows: ppl {load(fp)['result']['ppl']:.3f}." if os.path.exists(fp) else ""
+        lines += [f"### {spec['label']}", "",
+                  f"Perplexity over the first {rows[0]['ppl_windows']} windows of {spec['seqlen']}; KLD over the first "
+                  f"{rows[0]['kld_windows']}.{fp_line}", "",
+                  "| configuration | method | weight bits | KV bits | WikiText-2 ppl | mean KLD | p99 KLD | top-1 agree % |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            method = "fixed fraction (Atom)" if r["method"] == "atom" else \
+                f"TOGA-q ({r['search']['options']['steps']} steps, {r['search']['seconds'] / 60:.0f} min)"
+            lines.append(f"| {r['label']} | {method} | {r['weight_bits']:.4f} | {r['kv_bits']} | {r['ppl']:.3f} | "
+                         f"{r['kld_mean']:.4f} | {r['kld_p99']:.3f} | {100 * r['top1']:.2f} |")
+        for c in CONFIGS:
+            png = f"results/togaq_{m}_{c}_allocation.png"
+            if os.path.exists(os.path.join(ROOT, "docs", png)):
+                lines += ["", f"![salient allocation, {c}]({png})"]
+        lines.append("")
+    lines.append(END)
+    path = os.path.join(ROOT, "docs", "RESULTS.md")
+    text = open(path).read() if os.path.exists(path) else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    print("wrote docs/RESULTS.md (TOGA-q section)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2")
+    ap.add_argument("--configs", default="w4a4_s125")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--toga", default=os.path.join(ROOT, "build", "toga"))
+    ap.add_argument("--work", default=os.path.join(ROOT, "out", "togaq"))
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.models = args.models.split(",")
+    if not args.report_only:
+        for m in args.models:
+            for c in args.configs.split(","):
+                measure(args, m, c)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
