@@ -56,15 +56,21 @@ def measure(args, m, c):
         run([args.toga, "quantize", base, atom, "--method", "atom", *flags, "--salient-frac", str(frac),
              *spec["calib"], "--report", atom_report, "--force", *common], log)
     budget = load(atom_report)["weight_bits_codes"]
-    togaq = os.path.join(work, f"togaq_{c}")
-    if not os.path.exists(os.path.join(togaq, "search.json")):
-        run([args.toga, "search", base, togaq, "--mode", "quant", "--budget", repr(budget), "--method", "atom", *flags,
-             "--steps", str(args.steps), "--batch", "2", "--seqlen", "512", "--dtype", "bf16", *spec["calib"],
-             "--force", *(["--resume"] if os.path.exists(togaq + ".search.pt") else []), *common], log)
+    # One training run; its checkpoint is finalized twice: learned per-layer counts with the channels
+    # of largest mean |x| (--select order, the default) and the logits' own channels (--select learned).
+    ckpt = os.path.join(work, f"togaq_{c}.search.pt")
+    for name, select in (("togaq", "order"), ("togaq_learned", "learned")):
+        out = os.path.join(work, f"{name}_{c}")
+        if not os.path.exists(os.path.join(out, "search.json")):
+            run([args.toga, "search", base, out, "--mode", "quant", "--budget", repr(budget), "--method", "atom", *flags,
+                 "--select", select, "--checkpoint", ckpt, "--steps", str(args.steps), "--batch", "2", "--seqlen", "512",
+                 "--dtype", "bf16", *spec["calib"], "--force", *(["--resume"] if os.path.exists(ckpt) else []), *common],
+                log)
     fp_ppl = os.path.join(work, "fp32.ppl.json")
     if not os.path.exists(fp_ppl):
         run([args.toga, "eval", "ppl", base, *seq, "--max-windows", str(spec["ppl_windows"]), "--json", fp_ppl, *common], log)
-    for name, model in (("atom", atom), ("togaq", togaq)):
+    for name, model in (("atom", atom), ("togaq", os.path.join(work, f"togaq_{c}")),
+                        ("togaq_learned", os.path.join(work, f"togaq_learned_{c}"))):
         for kv in (16, 4):
             tag = os.path.join(work, f"{name}_{c}.kv{kv}")
             kvf = ["--kv-bits", str(kv)]
@@ -81,23 +87,27 @@ def collect(args, m):
     rows = []
     for c, (label, flags, frac) in CONFIGS.items():
         search_json = os.path.join(work, f"togaq_{c}", "search.json")
+        if not os.path.exists(search_json):
+            search_json = os.path.join(work, f"togaq_learned_{c}", "search.json")
         atom_report = os.path.join(work, f"atom_{c}.quantize.json")
         if not (os.path.exists(search_json) and os.path.exists(atom_report)):
             continue
         s = load(search_json)
-        for name in ("atom", "togaq"):
+        for name in ("atom", "togaq", "togaq_learned"):
             for kv in (16, 4):
                 tag = os.path.join(work, f"{name}_{c}.kv{kv}")
                 if not (os.path.exists(tag + ".ppl.json") and os.path.exists(tag + ".kld.json")):
                     continue
                 p, k = load(tag + ".ppl.json")["result"], load(tag + ".kld.json")["result"]
+                if name != "atom":
+                    s = load(os.path.join(work, f"{name}_{c}", "search.json"))
                 bits = load(atom_report)["weight_bits_codes"] if name == "atom" else s["budget"]["realized_bits"]
                 rows.append({"config": c, "label": label, "method": name, "kv_bits": kv, "weight_bits": bits,
                              "ppl": p["ppl"], "ppl_windows": p["windows"], "kld_mean": k["mean_kld"],
                              "kld_p99": k["p99_kld"], "top1": k["top1_agreement"], "kld_windows": k["windows"],
-                             "search": {"options": s["options"], "seconds": s["seconds"],
-                                        "final_ce": s["curve"][-1]["ce"] if s["curve"] else None} if name == "togaq" else None})
-        plot_allocation(s, os.path.join(ROOT, "docs", "results", f"togaq_{m}_{c}_allocation.png"), frac,
+                             "search": {"options": s["options"], "seconds": s["seconds"], "selection": s.get("selection", "learned"),
+                                        "final_ce": s["curve"][-1]["ce"] if s["curve"] else None} if name != "atom" else None})
+        plot_allocation(load(search_json), os.path.join(ROOT, "docs", "results", f"togaq_{m}_{c}_allocation.png"), frac,
                         f"{MODELS[m]['label']}, {label}")
     return rows
 
@@ -151,7 +161,8 @@ def report(args):
                   "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             method = "fixed fraction (Atom)" if r["method"] == "atom" else \
-                f"TOGA-q ({r['search']['options']['steps']} steps, {r['search']['seconds'] / 60:.0f} min)"
+                (f"TOGA-q, learned counts + mean-|x| channels ({r['search']['options']['steps']} steps)"
+                 if r["search"]["selection"] == "order" else "TOGA-q, learned counts and channels (same search)")
             lines.append(f"| {r['label']} | {method} | {r['weight_bits']:.4f} | {r['kv_bits']} | {r['ppl']:.3f} | "
                          f"{r['kld_mean']:.4f} | {r['kld_p99']:.3f} | {100 * r['top1']:.2f} |")
         for c in CONFIGS:

@@ -28,6 +28,7 @@ struct SearchFlags : QuantizeFlags {
   int order_windows = 32;
   std::string checkpoint;
   bool resume = false;
+  std::string select = "order";
 };
 
 nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>& groups, const SupernetQuantizers& q,
@@ -63,6 +64,7 @@ nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>&
                           {"act_low", quant_spec_to_json(q.act_low)},
                           {"act_high", quant_spec_to_json(q.act_high)}}},
           {"options", f.search.to_json()},
+          {"selection", f.select},
           {"seconds", r.seconds},
           {"resumed_from", r.resumed_from},
           {"curve", curve},
@@ -92,6 +94,9 @@ void register_search(CLI::App& app) {
   cmd->add_option("--lr", f->search.lr, "AdamW learning rate of the hypernetwork")->capture_default_str();
   cmd->add_option("--init-logit", f->search.init_logit, "prior logit magnitude (start: fixed fraction at the budget)")->capture_default_str();
   cmd->add_option("--order-windows", f->order_windows, "windows (of --seqlen) for the mean-|x| channel order")->capture_default_str();
+  cmd->add_option("--select", f->select,
+                  "final channels: order (learned count per layer, channels of largest mean |x|) | learned (the logits' own choice)")
+      ->capture_default_str();
   cmd->add_option("--checkpoint", f->checkpoint, "search checkpoint file (default: OUTPUT.search.pt)");
   cmd->add_option("--checkpoint-every", f->search.checkpoint_every, "steps between checkpoints")->capture_default_str();
   cmd->add_flag("--resume", f->resume, "continue from the checkpoint (same options): the result is the uninterrupted run's");
@@ -100,6 +105,7 @@ void register_search(CLI::App& app) {
   add_common_options(cmd, f->common);
   cmd->callback([f, cmd] {
     apply_common_options(f->common);
+    if (f->select != "order" && f->select != "learned") fail("--select must be order or learned, got '{}'", f->select);
     if (f->mode != "quant") fail("--mode {}: only 'quant' (TOGA-q) is available; joint pruning is another issue", f->mode);
     const DType save = parse_storage_dtype(f->save_dtype, "--save-dtype");
     QuantizeOptions opts = options_from_flags(*f, *cmd);
@@ -130,7 +136,8 @@ void register_search(CLI::App& app) {
                  f->search.batch, f->search.seqlen, text.path.c_str());
     Supernet net(lm.model, groups, q);
     const QuantSearchResult r = train_quant_search(lm.model, net, tokens, f->search);
-    const auto masks = budget_masks(r.logits, groups, q, f->search.budget_bits);
+    const auto masks = budget_masks(f->select == "order" ? logits_in_channel_order(r.logits) : r.logits, groups, q,
+                                    f->search.budget_bits);
     const nlohmann::json report_json = search_report(*f, groups, q, masks, r);
 
     // GPTQ with the learned salient sets, on the unmodified model in fp32.

@@ -183,6 +183,12 @@ std::vector<Tensor> budget_masks(const std::vector<Tensor>& logits, const std::v
   return masks;
 }
 
+std::vector<Tensor> logits_in_channel_order(const std::vector<Tensor>& logits) {
+  std::vector<Tensor> out;
+  for (const Tensor& l : logits) out.push_back(std::get<0>(l.detach().sort()));
+  return out;
+}
+
 nlohmann::json salient_sets_json(const std::vector<Tensor>& masks, const std::vector<MaskGroup>& groups) {
   nlohmann::json out = nlohmann::json::object();
   for (size_t i = 0; i < groups.size(); ++i) {

@@ -62,6 +62,12 @@ QuantSearchResult train_quant_search(const Model& model, Supernet& net, const st
 std::vector<torch::Tensor> budget_masks(const std::vector<torch::Tensor>& logits, const std::vector<MaskGroup>& groups,
                                         const SupernetQuantizers& q, double budget_bits);
 
+// The learned per-group counts with Atom's choice of channels: each group's logits sorted ascending,
+// so the largest go to the channels of largest mean |x| (the end of the order). budget_masks on these
+// keeps what the search learned about how many channels each layer needs and takes which ones from
+// the activation statistics (see docs/SEARCH.md for why that is the default).
+std::vector<torch::Tensor> logits_in_channel_order(const std::vector<torch::Tensor>& logits);
+
 // {site: {"salient": [source channels]}} for every site of every group: what plan_from_masks reads.
 nlohmann::json salient_sets_json(const std::vector<torch::Tensor>& masks, const std::vector<MaskGroup>& groups);
 

@@ -163,6 +163,15 @@ TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
     for (const auto& mk : masks) EXPECT_TRUE(((mk == 0) | (mk == 1)).all().item<bool>());
   }
   EXPECT_THROW(budget_masks(r.logits, groups, q, 9.0), Error);
+  // Channel-order selection: every group's salient set is a suffix of its order (Atom's choice), and
+  // the per-group counts are the learned logits' counts.
+  const auto ordered = logits_in_channel_order(r.logits);
+  const auto masks = budget_masks(ordered, groups, q, 3.0);
+  for (size_t i = 0; i < masks.size(); ++i) {
+    const int64_t n = masks[i].numel(), k = masks[i].sum().item<int64_t>();
+    EXPECT_TRUE(torch::equal(masks[i].narrow(0, n - k, k), torch::ones({k}))) << i;
+    EXPECT_EQ(ordered[i].gt(0).sum().item<int64_t>(), r.logits[i].gt(0).sum().item<int64_t>()) << i;
+  }
 }
 
 TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
