@@ -32,19 +32,19 @@ struct SearchFlags : QuantizeFlags {
 };
 
 nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>& groups, const SupernetQuantizers& q,
-                             const std::vector<torch::Tensor>& masks, const QuantSearchResult& r) {
+                             const std::vector<torch::Tensor>& masks, const nlohmann::json& salient_sets,
+                             const QuantSearchResult& r) {
   const double realized = weight_bits(groups, masks, q).item<double>();
   nlohmann::json layers = nlohmann::json::array();
   for (size_t i = 0; i < groups.size(); ++i) {
     const auto& g = groups[i];
-    const nlohmann::json sets = salient_sets_json({masks[i]}, {g});
     layers.push_back({{"layer", g.layer},
                       {"kind", g.kind},
                       {"sites", g.sites},
                       {"channels", g.channels},
                       {"weight_rows", g.weight_rows},
                       {"salient_count", int64_t(masks[i].sum().item<double>())},
-                      {"salient", sets[g.sites.front()]["salient"]}});
+                      {"salient", salient_sets[g.sites.front()]["salient"]}});
   }
   nlohmann::json curve = nlohmann::json::array();
   for (const auto& s : r.curve)
@@ -85,7 +85,6 @@ void register_search(CLI::App& app) {
   cmd->add_option("--budget", f->budget, "target: average weight bits (--budget-unit bits) or size relative to FP16 (fp16)")->required();
   cmd->add_option("--budget-unit", f->budget_unit, "bits | fp16")->capture_default_str();
   add_quantizer_flags(cmd, *f);
-  cmd->add_option("--low-bits", f->wbits, "bits of the non-salient weights (alias of --wbits)");
   cmd->add_option("--steps", f->search.steps, "training steps")->capture_default_str();
   cmd->add_option("--batch", f->search.batch, "windows per step")->capture_default_str();
   cmd->add_option("--seqlen", f->search.seqlen, "tokens per training window")->capture_default_str();
@@ -108,18 +107,17 @@ void register_search(CLI::App& app) {
     if (f->select != "order" && f->select != "learned") fail("--select must be order or learned, got '{}'", f->select);
     if (f->mode != "quant") fail("--mode {}: only 'quant' (TOGA-q) is available; joint pruning is another issue", f->mode);
     const DType save = parse_storage_dtype(f->save_dtype, "--save-dtype");
-    QuantizeOptions opts = options_from_flags(*f, *cmd);
-    if (cmd->count("--low-bits")) opts.weight_low.bits = f->wbits;
-    validate(opts.weight_low);
+    const QuantizeOptions opts = options_from_flags(*f, *cmd);
     SupernetQuantizers q{opts.weight_low, opts.weight_high, opts.act_low, opts.act_high};
     if (f->budget_unit == "bits") f->search.budget_bits = f->budget;
     else if (f->budget_unit == "fp16") f->search.budget_bits = f->budget * 16.0;
     else fail("--budget-unit must be bits or fp16, got '{}'", f->budget_unit);
     fraction_for_bits(f->search.budget_bits, q);  // an impossible budget fails before any work
     const std::string ckpt = f->checkpoint.empty() ? f->output + ".search.pt" : f->checkpoint;
-    check_output_paths(f->force, {f->output});
     if (!f->resume && std::filesystem::exists(ckpt) && !f->force)
       fail_file(ckpt, "a search checkpoint is already there: --resume to continue it, --force to start over");
+    // A new search writes the checkpoint file: the same rule as every other output (a resumed one reads it).
+    check_output_paths(f->force, {f->output}, f->resume ? std::vector<std::string>{} : std::vector<std::string>{ckpt});
     f->search.checkpoint_path = ckpt;
     f->search.resume = f->resume;
     f->search.seed = f->seed;
@@ -138,13 +136,13 @@ void register_search(CLI::App& app) {
     const QuantSearchResult r = train_quant_search(lm.model, net, tokens, f->search);
     const auto masks = budget_masks(f->select == "order" ? logits_in_channel_order(r.logits) : r.logits, groups, q,
                                     f->search.budget_bits);
-    const nlohmann::json report_json = search_report(*f, groups, q, masks, r);
+    const nlohmann::json salient_sets = salient_sets_json(masks, groups);
+    const nlohmann::json report_json = search_report(*f, groups, q, masks, salient_sets, r);
 
     // GPTQ with the learned salient sets, on the unmodified model in fp32.
     CommonOptions fp = f->common;
     fp.dtype = "fp32";
     auto base = load_model_and_tokenizer(f->model, fp);
-    const nlohmann::json salient_sets = salient_sets_json(masks, groups);
     Plan plan = plan_from_masks(base.model, salient_sets, opts, "search");
     plan.recipe = "toga-q";
     plan.provenance = {{"search", f->search.to_json()}, {"realized_bits", report_json["budget"]["realized_bits"]}};

@@ -79,6 +79,10 @@ TEST(SearchCli, BadRequestsAreRefusedBeforeAnyWork) {
   auto r = run_toga("search " + stories260k_path() + " " + out + " --budget 9" + kSmall);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("impossible budget"), std::string::npos) << r.output;
+  // --low-bits is --wbits: the spelling reaches the same quantizer and its checks.
+  r = run_toga("search " + stories260k_path() + " " + out + " --budget 4.5 --low-bits 9" + kSmall);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("9"), std::string::npos) << r.output;
   r = run_toga("search " + stories260k_path() + " " + out + " --budget 4.5 --mode joint" + kSmall);
   EXPECT_NE(r.code, 0);
   EXPECT_FALSE(fs::exists(out));
