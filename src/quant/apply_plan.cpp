@@ -23,11 +23,25 @@ torch::Tensor block_input_index(const Model& m, const std::string& site) {
   return {};
 }
 
-// Column positions (into the site's current, unquantized columns) of source channels `ids`.
-torch::Tensor columns_of(const LinearSite& s, const torch::Tensor& ids, const std::string& where) {
+// The source channel of each of the site's current columns (undefined: the columns are the source
+// channels): its block's gather list, or, for down_proj of a block whose MLP the Plan prunes, the
+// kept intermediate channels (down reads gate/up's compacted output, with no gather).
+torch::Tensor source_numbering(const Plan& plan, const LinearSite& s) {
+  if (s.in_index.defined()) return s.in_index;
+  const std::string suffix = "mlp.down_proj";
+  if (s.name.size() > suffix.size() && s.name.compare(s.name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    const auto it = plan.blocks.find(std::stoi(s.name.substr(std::string("layers.").size())));
+    if (it != plan.blocks.end() && it->second.mlp_inner.defined()) return it->second.mlp_inner;
+  }
+  return {};
+}
+
+// Column positions (into the site's current, unquantized columns, numbered by `source`) of source
+// channels `ids`.
+torch::Tensor columns_of(const LinearSite& s, const torch::Tensor& source, const torch::Tensor& ids, const std::string& where) {
   const auto dev = s.weight.device();
-  if (!s.in_index.defined()) return ids.to(dev, torch::kLong);
-  const auto index = s.in_index.to(torch::kCPU);
+  if (!source.defined()) return ids.to(dev, torch::kLong);
+  const auto index = source.to(torch::kCPU);
   const auto want = ids.to(torch::kCPU, torch::kLong);
   const auto pos = torch::searchsorted(index, want).clamp_max(index.numel() - 1);
   if (!torch::equal(index.index_select(0, pos), want))
@@ -35,8 +49,8 @@ torch::Tensor columns_of(const LinearSite& s, const torch::Tensor& ids, const st
   return pos.to(dev);
 }
 
-QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const SiteStatistics* st, const GptqSettings& g,
-                              const std::string& where) {
+QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, const SitePlan& p, const SiteStatistics* st,
+                              const GptqSettings& g, const std::string& where) {
   if (s.act.active() || s.kernel || (s.in_index.defined() && !s.in_index.equal(std::get<0>(torch::sort(s.in_index)))))
     fail_file(where, "site '{}' is already reordered or quantized", s.name);
   const int64_t in = s.in_features();
@@ -55,14 +69,14 @@ QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const Site
   // Column order before the salient split.
   torch::Tensor order = torch::arange(in, long_opts);
   if (p.order.defined()) {
-    order = columns_of(s, p.order, where);
+    order = columns_of(s, source, p.order, where);
   } else if (p.order_rule == "mean_abs") {
     if (!st) fail_file(where, "site '{}': ordering by mean |x| needs calibration statistics", s.name);
     order = salience_order(site_stat(st->mean_abs(), false)).to(dev);
   }
   // Salient channels go last, each part keeping the order's sequence.
   if (p.salient.defined()) {
-    const auto salient_cols = columns_of(s, p.salient, where);
+    const auto salient_cols = columns_of(s, source, p.salient, where);
     const auto is_salient = torch::isin(order, salient_cols);
     q.salient = is_salient.sum().item<int64_t>();
     order = torch::cat({order.masked_select(is_salient.logical_not()), order.masked_select(is_salient)});
@@ -107,10 +121,9 @@ QuantizedLinear quantize_site(const LinearSite& s, const SitePlan& p, const Site
 }
 
 // The resolved site plan: explicit order (stored column order, source numbering) and salient set.
-SitePlan resolved(const Model& m, const QuantizedLinear& q, const SitePlan& p) {
+SitePlan resolved(const torch::Tensor& source, const QuantizedLinear& q, const SitePlan& p) {
   SitePlan r = p;
-  const auto block_index = block_input_index(m, q.site);
-  const auto ids = block_index.defined() ? block_index.index_select(0, q.perm.to(block_index.device())) : q.perm;
+  const auto ids = source.defined() ? source.index_select(0, q.perm.to(source.device())) : q.perm;
   r.order = ids.to(torch::kCPU);
   r.order_rule.clear();
   r.salient = r.order.narrow(0, r.order.numel() - q.salient, q.salient).clone();
@@ -165,8 +178,9 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
 
   auto finish_site = [&](LinearSite& s, const SiteStatistics* st) {
     const SitePlan& p = plan.sites.at(s.name);
-    report.linears.push_back(quantize_site(s, p, st, plan.gptq, where));
-    report.plan.sites[s.name] = resolved(m, report.linears.back(), p);
+    const torch::Tensor source = source_numbering(plan, s);
+    report.linears.push_back(quantize_site(s, source, p, st, plan.gptq, where));
+    report.plan.sites[s.name] = resolved(source, report.linears.back(), p);
     attach_quantized_linear(m, report.linears.back());
     return report.linears.back().gptq_loss;
   };

@@ -271,3 +271,31 @@ TEST(Plan, PruningAndQuantizationInOnePlan) {
   torch::NoGradGuard ng;
   EXPECT_TRUE(torch::equal(loaded.forward(t.calib), m.forward(t.calib)));
 }
+
+TEST(Plan, SalientSetsOfAPrunedBlockAreSourceChannels) {
+  // Channel numbers in a Plan are source numbers even where the block is pruned, down_proj's
+  // intermediate channels included (down reads gate/up's compacted output, with no gather list).
+  Tiny t;
+  Model m = t.fresh();
+  Plan p = uniform_plan(m, find_recipe("atom").defaults(), "atom");
+  for (auto& [name, s] : p.sites) s.weight_low.group_size = s.act_low.group_size = 8;
+  BlockPruning b;
+  b.attn_in = torch::arange(0, 32, 2, torch::kLong);
+  b.mlp_inner = torch::arange(0, 48, 3, torch::kLong);
+  p.blocks[1] = b;
+  p.sites["layers.1.mlp.down_proj"].salient = torch::tensor({9, 30, 45}, torch::kLong);   // kept: multiples of 3
+  p.sites["layers.1.self_attn.k_proj"].salient = torch::tensor({4, 20}, torch::kLong);  // kept: even
+  const auto r = apply_plan(m, p, t.calib, "plan", false);
+  for (const auto& q : r.linears) {
+    if (q.site == "layers.1.mlp.down_proj") EXPECT_EQ(q.salient, 3);
+    if (q.site == "layers.1.self_attn.k_proj") EXPECT_EQ(q.salient, 2);
+  }
+  EXPECT_TRUE(torch::equal(std::get<0>(r.plan.sites.at("layers.1.mlp.down_proj").salient.sort()), torch::tensor({9, 30, 45}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(std::get<0>(r.plan.sites.at("layers.1.self_attn.k_proj").salient.sort()), torch::tensor({4, 20}, torch::kLong)));
+  // The resolved order of down_proj is a permutation of the kept intermediate channels.
+  EXPECT_TRUE(torch::equal(std::get<0>(r.plan.sites.at("layers.1.mlp.down_proj").order.sort()), b.mlp_inner));
+  // A channel the block prunes is not a salient channel of it.
+  Model again = t.fresh();
+  p.sites["layers.1.mlp.down_proj"].salient = torch::tensor({10}, torch::kLong);
+  EXPECT_THROW(apply_plan(again, p, t.calib, "plan", false), Error);
+}
