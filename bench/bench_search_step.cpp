@@ -25,6 +25,7 @@
 #include "model/model.h"
 #include "model/threads.h"
 #include "search/hypernet.h"
+#include "search/budget.h"
 #include "search/supernet.h"
 
 namespace {
@@ -83,7 +84,7 @@ void BM_SearchStep(benchmark::State& state, bool llama1b, int threads) {
   q.act_low = {4, true, 128, 0.9};
   q.act_high = {8, true, 0};
   toga::Supernet net(*m, groups, q);
-  toga::Hypernet hyper(groups, 0.125);
+  toga::Hypernet hyper(groups, toga::fixed_fraction_masks(groups, 0.125));
   torch::optim::AdamW opt(hyper->parameters(), torch::optim::AdamWOptions(1e-3));
   auto step = [&](uint64_t seed) {
     const auto masks = toga::sample_masks(hyper->forward(), {0.5, true, true, seed});

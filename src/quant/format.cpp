@@ -142,8 +142,8 @@ torch::Tensor unpack_codes(const torch::Tensor& packed, const std::vector<Column
   return codes;
 }
 
-void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
-                               DType dtype, const QuantizedCheckpointExtras& extras) {
+LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
+                                        DType dtype, const QuantizedCheckpointExtras& extras) {
   const ModelConfig c = model.current_config();
   const auto shapes = block_linear_shapes(c);
   std::map<std::string, const QuantizedLinear*> by_weight;
@@ -154,23 +154,26 @@ void save_quantized_checkpoint(const std::string& dir, const Model& model, const
   const torch::Dtype tdt = torch_float_dtype(dtype);
   std::vector<std::vector<uint8_t>> storage;
   std::vector<TensorToWrite> tensors;
-  auto add = [&](const std::string& name, const torch::Tensor& t) {
+  LinearStorage linear_bytes;
+  auto add = [&](const std::string& name, const torch::Tensor& t, uint64_t* counted = nullptr) {
     storage.push_back(tensor_bytes(t));
     tensors.push_back({name, safetensors_dtype(t.scalar_type()), t.sizes().vec(), storage.back().data()});
+    if (counted) *counted += storage.back().size();
   };
   nlohmann::json layers = nlohmann::json::object();
   for (const auto& [name, t] : model.named_tensors()) {
     auto it = by_weight.find(name);
     if (it == by_weight.end()) {
-      add(name, is_index_tensor(name) ? t.to(torch::kInt32) : t.to(tdt));
+      const bool index = is_index_tensor(name);
+      add(name, index ? t.to(torch::kInt32) : t.to(tdt), index ? &linear_bytes.indices : nullptr);
       continue;
     }
     const QuantizedLinear& q = *it->second;
     const std::string stem = name.substr(0, name.size() - std::strlen(".weight"));
-    add(stem + ".weight_packed", pack_codes(q.weight));
-    add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16));
-    add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16));
-    add(stem + ".input_perm", q.perm.to(torch::kInt32));
+    add(stem + ".weight_packed", pack_codes(q.weight), &linear_bytes.codes);
+    add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16), &linear_bytes.params);
+    add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16), &linear_bytes.params);
+    add(stem + ".input_perm", q.perm.to(torch::kInt32), &linear_bytes.indices);
     layers[stem] = {{"salient", q.salient},
                     {"method", q.method},
                     {"weight_low", quant_spec_to_json(q.weight_low)},
@@ -198,6 +201,7 @@ void save_quantized_checkpoint(const std::string& dir, const Model& model, const
                                          {"weight_total", report.weight_bits_total},
                                          {"activations", report.act_bits}}},
                        {"scheme", scheme_name(report)},
+                       {"storage", linear_bytes.to_json()},
                        {"base_model", extras.base_model},
                        {"layers", layers}};
   ModelConfig out_config = c;
@@ -207,6 +211,7 @@ void save_quantized_checkpoint(const std::string& dir, const Model& model, const
   wo.extra_files = extras.files;
   wo.output = {"quantize", extras.on_existing};
   write_hf_checkpoint(dir, out_config, tensors, wo);
+  return linear_bytes;
 }
 
 std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {

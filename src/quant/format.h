@@ -33,11 +33,20 @@ struct QuantizedCheckpointExtras {
   OnExisting on_existing = OnExisting::kRefuse;  // whether an earlier toga output at `dir` may be replaced
 };
 
+// Bytes the block linears occupy in a quantized checkpoint, as written: packed codes; scales and
+// zero points; index lists (input permutations and the blocks' pruning lists). config.json's
+// quantization_config["storage"] holds them.
+struct LinearStorage {
+  uint64_t codes = 0, params = 0, indices = 0;
+  nlohmann::json to_json() const { return {{"code_bytes", codes}, {"param_bytes", params}, {"index_bytes", indices}}; }
+};
+
 // Writes model (its non-quantized tensors in `dtype`, from Model::named_tensors) plus the
 // quantized linears and the resolved Plan as a directory, atomically, at a new path or over what
 // extras.on_existing allows (util/atomic_file.h). The scales and zero points in
 // `report` must already be fp16-representable (they are when they come from apply_plan).
-void save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
+// Returns what the block linears take on disk.
+LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
                                DType dtype, const QuantizedCheckpointExtras& extras);
 
 // The resolved Plan a quantized checkpoint was made with (explicit orders and salient sets, in

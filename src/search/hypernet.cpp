@@ -10,9 +10,10 @@ namespace toga {
 
 using torch::Tensor;
 
-HypernetImpl::HypernetImpl(const std::vector<MaskGroup>& groups, double prior_fraction, double init_logit,
+HypernetImpl::HypernetImpl(const std::vector<MaskGroup>& groups, const std::vector<Tensor>& prior, double init_logit,
                            int64_t embedding, int64_t hidden, uint64_t seed) {
   if (groups.empty()) fail("the hypernetwork needs at least one mask group");
+  if (prior.size() != groups.size()) fail("{} prior masks for {} mask groups", prior.size(), groups.size());
   int64_t layers = 0;
   for (const MaskGroup& g : groups) {
     group_layer_.push_back(g.layer);
@@ -27,9 +28,7 @@ HypernetImpl::HypernetImpl(const std::vector<MaskGroup>& groups, double prior_fr
     auto head = register_module("head" + std::to_string(i), torch::nn::Linear(2 * hidden, groups[i].channels));
     // Small weights: the prior in the bias dominates at the start, the GRU's signal grows as it learns.
     head->weight.mul_(0.1);
-    const int64_t n = groups[i].channels, k = std::llround(prior_fraction * double(n));
-    head->bias.fill_(-init_logit);
-    if (k > 0) head->bias.narrow(0, n - k, k).fill_(init_logit);
+    head->bias.copy_(init_logit * (2 * prior[i].to(torch::kFloat32) - 1));
     heads_.push_back(head);
   }
 }

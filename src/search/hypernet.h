@@ -1,4 +1,4 @@
-// DISP-LLM's hypernetwork, emitting TOGA-q's masks: per-layer input embeddings, a bidirectional GRU
+// DISP-LLM's hypernetwork, emitting the search's masks (precision and pruning alike): per-layer input embeddings, a bidirectional GRU
 // over the layer sequence (so each layer's choice sees the others'), LayerNorm + GELU, and one linear
 // head per mask group giving one logit per channel. Masks are drawn from the logits with
 // Gumbel-Sigmoid and binarized with a straight-through estimator; the final masks are the logits'
@@ -15,10 +15,10 @@ namespace toga {
 
 class HypernetImpl : public torch::nn::Module {
  public:
-  // `prior_fraction`: the heads' biases start at +init_logit on the last round(fraction·n) channels of
-  // each group's order and −init_logit elsewhere, so the search starts from Atom's fixed fraction at
-  // the target budget and the hypernetwork learns where to move channels.
-  HypernetImpl(const std::vector<MaskGroup>& groups, double prior_fraction, double init_logit = 3.0,
+  // `prior`: one {0, 1} mask per group (prior_masks in supernet.h); the heads' biases start at
+  // +init_logit where it is 1 and −init_logit elsewhere, so the search starts from a known point at
+  // the target budget (Atom's fixed fraction, a uniform keep ratio) and learns where to move.
+  HypernetImpl(const std::vector<MaskGroup>& groups, const std::vector<torch::Tensor>& prior, double init_logit = 3.0,
                int64_t embedding = 64, int64_t hidden = 128, uint64_t seed = 0);
   // Logits, one [channels] tensor per mask group, float32.
   std::vector<torch::Tensor> forward();

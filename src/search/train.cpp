@@ -1,4 +1,4 @@
-#include "search/quant_search.h"
+#include "search/train.h"
 
 #include <algorithm>
 #include <chrono>
@@ -17,10 +17,14 @@ namespace toga {
 
 using torch::Tensor;
 
-nlohmann::json QuantSearchOptions::to_json() const {
-  return {{"budget_bits", budget_bits}, {"lambda", lambda}, {"tau", tau}, {"lr", lr},
-          {"weight_decay", weight_decay}, {"init_logit", init_logit}, {"steps", steps},
-          {"batch", batch}, {"seqlen", seqlen}, {"seed", seed}};
+nlohmann::json SearchOptions::to_json() const {
+  nlohmann::json j = {{"budget", budget}, {"lambda", lambda}, {"tau", tau}, {"soft_forward", soft_forward}, {"lr", lr},
+                      {"weight_decay", weight_decay}, {"init_logit", init_logit}, {"steps", steps},
+                      {"batch", batch}, {"seqlen", seqlen}, {"seed", seed}};
+  if (fixed_sparsity >= 0) j["fixed_sparsity"] = fixed_sparsity;
+  if (start_salient >= 0) j["start_salient"] = start_salient;
+  if (start_keep >= 0) j["start_keep"] = start_keep;
+  return j;
 }
 
 double fraction_for_bits(double bits, const SupernetQuantizers& q) {
@@ -30,6 +34,43 @@ double fraction_for_bits(double bits, const SupernetQuantizers& q) {
     fail("impossible budget: {:.4g} average weight bits is outside [{}, {}] (all channels at {} to all at {} bits)", bits,
          lb, hb, lb, hb);
   return (bits - lb) / (hb - lb);
+}
+
+StartingPoint starting_point(const std::vector<MaskGroup>& groups, const SupernetQuantizers& q, double budget,
+                             double fixed_sparsity) {
+  check_budget(budget, groups, q);
+  bool precision = false, pruning = false;
+  for (const auto& g : groups) (g.prune ? pruning : precision) = true;
+  if (fixed_sparsity >= 0 && !(pruning && fixed_sparsity < 1)) fail("a fixed sparsity needs pruning masks and S in [0, 1), got {}", fixed_sparsity);
+  StartingPoint p;
+  const double lb = q.weight_low.bits, hb = q.weight_high.bits;
+  // The largest value in [0, 1] with measure(value) <= target (measure increasing), by bisection.
+  auto bisect = [](auto measure, double target) {
+    double lo = 0, hi = 1;
+    if (measure(hi) <= target) return hi;
+    for (int i = 0; i < 40; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      (measure(mid) <= target ? lo : hi) = mid;
+    }
+    return lo;
+  };
+  auto compressed = [&](double f, double k) { return compressed_fraction(groups, prior_masks(groups, f, k), q).item<double>(); };
+  if (!pruning) {
+    p.salient_fraction = fraction_for_bits(16 * budget, q);
+  } else if (fixed_sparsity >= 0) {
+    p.keep_fraction = bisect([&](double k) { return kept_fraction(groups, prior_masks(groups, 0, k)).item<double>(); },
+                             1 - fixed_sparsity);
+    if (precision) {
+      if (compressed(0, p.keep_fraction) > budget * (1 + 1e-9))
+        fail("impossible budget: {:.4g} of FP16 at sparsity {:.4g} needs fewer than {} bits per weight", budget, fixed_sparsity, lb);
+      p.salient_fraction = bisect([&](double f) { return compressed(f, p.keep_fraction); }, budget);
+    }
+  } else if (!precision || compressed(0, 1) > budget) {
+    p.keep_fraction = bisect([&](double k) { return compressed(0, k); }, budget);
+  } else {
+    p.salient_fraction = (16 * budget - lb) / (hb - lb);
+  }
+  return p;
 }
 
 namespace {
@@ -42,12 +83,16 @@ uint64_t stream_seed(uint64_t seed, int step, uint64_t purpose) {
 }
 
 // What must match for a checkpoint to continue this run (steps may grow).
-std::string run_identity(const QuantSearchOptions& o, const std::vector<MaskGroup>& groups) {
+std::string run_identity(const SearchOptions& o, const std::vector<MaskGroup>& groups) {
   nlohmann::json j = o.to_json();
   j.erase("steps");
-  int64_t channels = 0;
-  for (const auto& g : groups) channels += g.channels;
+  int64_t channels = 0, pruning = 0;
+  for (const auto& g : groups) {
+    channels += g.channels;
+    pruning += g.prune;
+  }
   j["mask_groups"] = groups.size();
+  j["pruning_groups"] = pruning;
   j["channels"] = channels;
   return j.dump();
 }
@@ -61,10 +106,10 @@ void save_search_checkpoint(const std::string& path, Hypernet& net, torch::optim
   archive.write("optimizer", opt_archive);
   archive.write("step", torch::tensor(int64_t(step)));
   archive.write("identity", c10::IValue(identity));
-  Tensor c = torch::zeros({int64_t(curve.size()), 5}, torch::kFloat64);
+  Tensor c = torch::zeros({int64_t(curve.size()), 6}, torch::kFloat64);
   for (size_t i = 0; i < curve.size(); ++i) {
     const auto& s = curve[i];
-    c[int64_t(i)] = torch::tensor({double(s.step), s.ce, s.bits, s.budget_term, s.tokens_per_second}, torch::kFloat64);
+    c[int64_t(i)] = torch::tensor({double(s.step), s.ce, s.budget, s.kept, s.budget_term, s.tokens_per_second}, torch::kFloat64);
   }
   archive.write("curve", c);
   write_file_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
@@ -94,22 +139,27 @@ int load_search_checkpoint(const std::string& path, Hypernet& net, torch::optim:
   for (int64_t i = 0; i < c.size(0); ++i) {
     const auto r = c[i];
     curve.push_back({int(r[0].item<double>()), r[1].item<double>(), r[2].item<double>(), r[3].item<double>(),
-                     r[4].item<double>()});
+                     r[4].item<double>(), r[5].item<double>()});
   }
   return int(step.item<int64_t>());
 }
 
 }  // namespace
 
-QuantSearchResult train_quant_search(const Model& model, Supernet& net, const std::vector<int>& tokens,
-                                     const QuantSearchOptions& o) {
+SearchResult train_search(const Model& model, Supernet& net, const std::vector<int>& tokens, const SearchOptions& o) {
   const auto& groups = net.groups();
   const SupernetQuantizers& q = net.quantizers();
-  const double prior = fraction_for_bits(o.budget_bits, q);
   if (o.steps < 0 || o.batch < 1 || o.seqlen < 2) fail("search needs steps >= 0, batch >= 1, seqlen >= 2");
-  Hypernet hyper(groups, prior, o.init_logit, 64, 128, o.seed);
+  SearchResult result;
+  result.start = starting_point(groups, q, o.budget, o.fixed_sparsity);
+  if (o.start_salient >= 0) result.start.salient_fraction = o.start_salient;
+  if (o.start_keep >= 0) result.start.keep_fraction = o.start_keep;
+  if (result.start.salient_fraction > 1 || result.start.keep_fraction > 1) fail("starting fractions must be in [0, 1]");
+  bool pruning = false;
+  for (const auto& g : groups) pruning = pruning || g.prune;
+  Hypernet hyper(groups, prior_masks(groups, result.start.salient_fraction, result.start.keep_fraction), o.init_logit, 64,
+                 128, o.seed);
   torch::optim::AdamW opt(hyper->parameters(), torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
-  QuantSearchResult result;
   const std::string identity = run_identity(o, groups);
   int start = 0;
   if (o.resume && !o.checkpoint_path.empty() && std::filesystem::exists(o.checkpoint_path)) {
@@ -122,24 +172,29 @@ QuantSearchResult train_quant_search(const Model& model, Supernet& net, const st
   for (int step = start; step < o.steps; ++step) {
     const auto ts = std::chrono::steady_clock::now();
     const Tensor ids = sample_calibration_windows(tokens, o.batch, o.seqlen, stream_seed(o.seed, step, 1)).to(model.device());
-    const auto masks = sample_masks(hyper->forward(), {o.tau, true, true, stream_seed(o.seed, step, 2)});
+    const auto logits = hyper->forward();
+    const auto masks = sample_masks(logits, {o.tau, true, !o.soft_forward, stream_seed(o.seed, step, 2)});
+    // DISP-LLM: the budget sees an independent hard draw, the forward the soft masks.
+    const auto budget_masks = o.soft_forward ? sample_masks(logits, {o.tau, true, true, stream_seed(o.seed, step, 3)}) : masks;
     net.set_masks(masks);
     const int64_t T = ids.size(1);
-    const Tensor logits = model.forward(ids).narrow(1, 0, T - 1).to(torch::kFloat32);
-    const Tensor ce = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}),
-                                                           ids.narrow(1, 1, T - 1).reshape({-1}));
-    const Tensor bits = weight_bits(groups, masks, q);
-    const Tensor budget_term = o.lambda * torch::abs(torch::log(bits / o.budget_bits));
+    const Tensor out = model.forward(ids).narrow(1, 0, T - 1).to(torch::kFloat32);
+    const Tensor ce = torch::nn::functional::cross_entropy(out.reshape({-1, out.size(-1)}), ids.narrow(1, 1, T - 1).reshape({-1}));
+    const Tensor budget = compressed_fraction(groups, budget_masks, q);
+    Tensor budget_term = o.lambda * torch::abs(torch::log(budget / o.budget));
+    const Tensor kept = pruning ? kept_fraction(groups, budget_masks) : torch::ones({}, torch::kFloat64);
+    if (o.fixed_sparsity >= 0) budget_term = budget_term + o.lambda * torch::abs(torch::log(kept / (1 - o.fixed_sparsity)));
     const Tensor loss = ce + budget_term.to(torch::kFloat32);
     opt.zero_grad();
     loss.backward();
     opt.step();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
-    SearchStep s{step + 1, ce.item<double>(), bits.item<double>(), budget_term.item<double>(),
+    SearchStep s{step + 1, ce.item<double>(), budget.item<double>(), kept.item<double>(), budget_term.item<double>(),
                  double(ids.numel()) / std::max(secs, 1e-9)};
     result.curve.push_back(s);
-    progress.update(step + 1, fmt::format("CE {:.4f} | bits {:.4f} (target {:.4f}) | λ-term {:.4f} | {:.0f} tok/s", s.ce,
-                                          s.bits, o.budget_bits, s.budget_term, s.tokens_per_second));
+    progress.update(step + 1, fmt::format("CE {:.4f} | budget {:.4f} (target {:.4f}){} | λ-term {:.4f} | {:.0f} tok/s", s.ce,
+                                          s.budget, o.budget, pruning ? fmt::format(" | kept {:.3f}", s.kept) : "",
+                                          s.budget_term, s.tokens_per_second));
     if (!o.checkpoint_path.empty() && ((o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0) || step + 1 == o.steps))
       save_search_checkpoint(o.checkpoint_path, hyper, opt, step + 1, result.curve, identity);
   }
@@ -150,53 +205,11 @@ QuantSearchResult train_quant_search(const Model& model, Supernet& net, const st
   return result;
 }
 
-std::vector<Tensor> budget_masks(const std::vector<Tensor>& logits, const std::vector<MaskGroup>& groups,
-                                 const SupernetQuantizers& q, double budget_bits) {
-  fraction_for_bits(budget_bits, q);  // checks the budget is reachable
+std::vector<Tensor> logits_in_channel_order(const std::vector<Tensor>& logits, const std::vector<MaskGroup>& groups) {
   if (logits.size() != groups.size()) fail("{} logit vectors for {} mask groups", logits.size(), groups.size());
-  double total = 0;
-  for (const auto& g : groups) total += double(g.weight_rows) * double(g.channels);
-  const double step_bits = q.weight_high.bits - q.weight_low.bits;
-  std::vector<Tensor> masks;
-  std::vector<std::tuple<float, size_t, int64_t>> salient, plain;  // (logit, group, channel)
-  for (size_t i = 0; i < groups.size(); ++i) {
-    const Tensor l = logits[i].detach().to(torch::kFloat32).cpu().contiguous();
-    masks.push_back((l > 0).to(torch::kFloat32));
-    const float* p = l.data_ptr<float>();
-    for (int64_t j = 0; j < l.numel(); ++j) (p[j] > 0 ? salient : plain).emplace_back(p[j], i, j);
-  }
-  double bits = weight_bits(groups, masks, q).item<double>();
-  auto cost = [&](size_t g) { return double(groups[g].weight_rows) * step_bits / total; };
-  const double eps = 1e-12;
-  std::sort(salient.begin(), salient.end());
-  for (const auto& [l, g, j] : salient) {
-    if (bits <= budget_bits + eps) break;
-    masks[g][j] = 0.0f;
-    bits -= cost(g);
-  }
-  std::sort(plain.begin(), plain.end(), [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
-  for (const auto& [l, g, j] : plain)
-    if (bits + cost(g) <= budget_bits + eps) {
-      masks[g][j] = 1.0f;
-      bits += cost(g);
-    }
-  return masks;
-}
-
-std::vector<Tensor> logits_in_channel_order(const std::vector<Tensor>& logits) {
   std::vector<Tensor> out;
-  for (const Tensor& l : logits) out.push_back(std::get<0>(l.detach().sort()));
-  return out;
-}
-
-nlohmann::json salient_sets_json(const std::vector<Tensor>& masks, const std::vector<MaskGroup>& groups) {
-  nlohmann::json out = nlohmann::json::object();
-  for (size_t i = 0; i < groups.size(); ++i) {
-    const Tensor idx = groups[i].order.cpu().index_select(0, torch::nonzero(masks[i].cpu() > 0.5).flatten());
-    std::vector<int64_t> channels(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
-    std::sort(channels.begin(), channels.end());
-    for (const auto& site : groups[i].sites) out[site] = {{"salient", channels}};
-  }
+  for (size_t i = 0; i < logits.size(); ++i)
+    out.push_back(groups[i].prune ? logits[i].detach() : std::get<0>(logits[i].detach().sort()));
   return out;
 }
 

@@ -1,8 +1,10 @@
-// TOGA-q's search: train the hypernetwork on the frozen supernet's language-modeling loss plus a
-// budget term, then turn its logits into salient sets that meet the budget.
+// The search: train the hypernetwork on the frozen supernet's language-modeling loss plus a budget
+// term, then turn its logits into masks that meet the budget (budget.h). One loop for TOGA-q
+// (precision masks), DISP-LLM (pruning masks) and TOGA joint (both):
 //
-//   loss = CE + λ·log(max(B, b) / min(B, b)),   B = average weight bits of the sampled masks
+//   loss = CE + λ·log(max(B, b) / min(B, b))  [+ λ·log(max(K, k) / min(K, k)) with a fixed sparsity]
 //
+// B = compressed fraction of FP16 of the sampled masks, b its target; K the kept fraction, k = 1 − S.
 // Every step's data and Gumbel noise come from generators seeded by (seed, step), so a run resumed
 // from a checkpoint is the uninterrupted run.
 #pragma once
@@ -12,18 +14,26 @@
 
 #include <nlohmann/json.hpp>
 
+#include "search/budget.h"
 #include "search/hypernet.h"
 #include "search/supernet.h"
 
 namespace toga {
 
-struct QuantSearchOptions {
-  double budget_bits = 4.5;  // target average weight bits over the block linears (codes only)
+struct SearchOptions {
+  double budget = 4.5 / 16;     // compressed bytes / FP16 bytes of the block linears (bits / 16 for TOGA-q)
+  double fixed_sparsity = -1;   // ≥ 0: pin the pruned fraction of block-linear weights (TOGA-fixed-sparsity)
   double lambda = 5.0;
   double tau = 0.5;
+  // DISP-LLM's recipe: soft masks in the forward and an independent hard draw for the budget; else
+  // (TOGA) hard straight-through masks for both.
+  bool soft_forward = false;
   double lr = 1e-3;
   double weight_decay = 0.05;
   double init_logit = 3.0;
+  // Where the masks start (starting_point below when negative): salient fraction per precision
+  // group, kept fraction per pruning group.
+  double start_salient = -1, start_keep = -1;
   int steps = 100;
   int batch = 2;      // windows per step
   int seqlen = 512;   // tokens per window
@@ -36,39 +46,42 @@ struct QuantSearchOptions {
   nlohmann::json to_json() const;
 };
 
+// Where the hypernetwork starts (prior_masks' arguments): without pruning groups, Atom's fixed
+// fraction at the budget; without precision groups, the uniform keep ratio that meets it; jointly,
+// no pruning while the low bits alone fit (else the keep ratio that fits at low bits), or, with a
+// fixed sparsity, that sparsity and the salient fraction the rest of the budget pays for.
+struct StartingPoint {
+  double salient_fraction = 0, keep_fraction = 1;
+};
+StartingPoint starting_point(const std::vector<MaskGroup>& groups, const SupernetQuantizers& q, double budget,
+                             double fixed_sparsity = -1);
+
 struct SearchStep {
   int step = 0;
-  double ce = 0, bits = 0, budget_term = 0, tokens_per_second = 0;
+  double ce = 0, budget = 0, kept = 1, budget_term = 0, tokens_per_second = 0;
 };
 
-struct QuantSearchResult {
-  std::vector<torch::Tensor> logits;  // per mask group, order space, float32
+struct SearchResult {
+  std::vector<torch::Tensor> logits;  // per mask group (precision: order space), float32
   std::vector<SearchStep> curve;
+  StartingPoint start;
   int resumed_from = 0;  // the step a resumed run started at (0 = fresh)
   double seconds = 0;
 };
 
-// The realized fraction at which the fixed-fraction recipe meets `bits`: (bits − low) / (high − low).
+// The fixed fraction at which Atom's recipe meets `bits`: (bits − low) / (high − low), or an
+// "impossible budget" error.
 double fraction_for_bits(double bits, const SupernetQuantizers& q);
 
 // Trains on windows drawn from `tokens` (WikiText-2 validation: never the test split).
-QuantSearchResult train_quant_search(const Model& model, Supernet& net, const std::vector<int>& tokens,
-                                     const QuantSearchOptions& opts);
+SearchResult train_search(const Model& model, Supernet& net, const std::vector<int>& tokens, const SearchOptions& opts);
 
-// Hard masks from logits (salient where logit > 0), then adjusted to the budget: salient channels with
-// the lowest logits are dropped while the average weight bits exceed `budget_bits`, and the
-// non-salient ones with the highest logits added while they fit, so budget − (one channel) <
-// realized ≤ budget. Order space, {0, 1} float.
-std::vector<torch::Tensor> budget_masks(const std::vector<torch::Tensor>& logits, const std::vector<MaskGroup>& groups,
-                                        const SupernetQuantizers& q, double budget_bits);
-
-// The learned per-group counts with Atom's choice of channels: each group's logits sorted ascending,
-// so the largest go to the channels of largest mean |x| (the end of the order). budget_masks on these
-// keeps what the search learned about how many channels each layer needs and takes which ones from
-// the activation statistics (see docs/SEARCH.md for why that is the default).
-std::vector<torch::Tensor> logits_in_channel_order(const std::vector<torch::Tensor>& logits);
-
-// {site: {"salient": [source channels]}} for every site of every group: what plan_from_masks reads.
-nlohmann::json salient_sets_json(const std::vector<torch::Tensor>& masks, const std::vector<MaskGroup>& groups);
+// The learned per-group counts with Atom's choice of channels: each precision group's logits sorted
+// ascending, so the largest go to the channels of largest mean |x| (the end of the order); pruning
+// logits unchanged. meet_budget on these keeps what the search learned about how many channels
+// each layer needs and takes which ones from the activation statistics (docs/SEARCH.md says why
+// that is TOGA-q's default).
+std::vector<torch::Tensor> logits_in_channel_order(const std::vector<torch::Tensor>& logits,
+                                                   const std::vector<MaskGroup>& groups);
 
 }  // namespace toga

@@ -1,6 +1,6 @@
 // TOGA-q's search on tiny models: the relaxed loss's gradient w.r.t. the hypernetwork agrees with
 // finite differences, the supernet with hard "last k" masks is the fixed-fraction fake-quantized
-// model, training moves the realized budget to the target, budget_masks meets it exactly, and a
+// model, training moves the realized budget to the target, meet_budget meets it exactly, and a
 // resumed run is the uninterrupted run.
 #include <gtest/gtest.h>
 
@@ -10,7 +10,8 @@
 #include "quant/calibration.h"
 #include "quant/quantizer.h"
 #include "search/hypernet.h"
-#include "search/quant_search.h"
+#include "search/budget.h"
+#include "search/train.h"
 #include "search/supernet.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -58,7 +59,7 @@ TEST(QuantSearch, RelaxedLossGradientMatchesFiniteDifferences) {
       const Tensor qh = fake_quantize(s.weight, q.weight_high), ql = fake_quantize(s.weight, q.weight_low);
       s.custom_weight = [qh, ql, current, i](const Tensor&) { return qh * (*current)[i] + ql * (1 - (*current)[i]); };
     }
-  Hypernet hyper(groups, 0.25, 1.0, 8, 8, 5);
+  Hypernet hyper(groups, fixed_fraction_masks(groups, 0.25), 1.0, 8, 8, 5);
   hyper->to(torch::kFloat64);
   const double target = 3.3, lambda = 2.0;  // far from the prior's 4.25 bits: |log| is smooth there
   auto loss_fn = [&] {
@@ -133,12 +134,13 @@ TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
   SupernetQuantizers q;
   q.weight_low = {2, true, 0};
   Supernet net(m, groups, q);
-  QuantSearchOptions o;
-  o.budget_bits = 5.0;  // the prior starts here ...
+  SearchOptions o;
+  o.budget = 5.0 / 16;  // the prior starts here ...
   o.steps = 0;
-  const auto untrained = train_quant_search(m, net, tokens, o);
+  const auto untrained = train_search(m, net, tokens, o);
   // ... and is moved to 3.0 by the budget term alone (CE of a random model barely cares).
-  o.budget_bits = 3.0;
+  o.budget = 3.0 / 16;
+  o.start_salient = 0.5;  // the 5-bit prior: (5 − 2) / (8 − 2)
   const double prior_bits = weight_bits(groups, sample_masks(untrained.logits, {0.5, false, true, 0}), q).item<double>();
   EXPECT_NEAR(prior_bits, 5.0, 0.05);
   o.steps = 60;
@@ -147,13 +149,14 @@ TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
   o.lr = 0.05;
   o.init_logit = 0.5;
   o.progress = false;
-  const auto r = train_quant_search(m, net, tokens, o);
+  const auto r = train_search(m, net, tokens, o);
   ASSERT_EQ(r.curve.size(), 60u);
+  EXPECT_GT(r.curve.front().budget * 16, 4.5);  // the first step saw the 5-bit start
   const double learned = weight_bits(groups, sample_masks(r.logits, {0.5, false, true, 0}), q).item<double>();
-  // init_logit 0.5 puts the prior at 5.0 bits too; training must pull it to within 5 % of 3.0.
+  // The search starts at 5.0 bits; training must pull it to within 5 % of 3.0.
   EXPECT_LT(std::abs(learned - 3.0) / 3.0, 0.05) << learned;
   for (double b : {2.7, 3.0, 4.4}) {
-    const auto masks = budget_masks(r.logits, groups, q, b);
+    const auto masks = meet_budget(r.logits, groups, q, b / 16);
     const double got = weight_bits(groups, masks, q).item<double>();
     double max_cost = 0, total = 0;
     for (const auto& g : groups) total += double(g.weight_rows * g.channels);
@@ -162,11 +165,11 @@ TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
     EXPECT_GT(got, b - max_cost - 1e-9);
     for (const auto& mk : masks) EXPECT_TRUE(((mk == 0) | (mk == 1)).all().item<bool>());
   }
-  EXPECT_THROW(budget_masks(r.logits, groups, q, 9.0), Error);
+  EXPECT_THROW(meet_budget(r.logits, groups, q, 9.0 / 16), Error);
   // Channel-order selection: every group's salient set is a suffix of its order (Atom's choice), and
   // the per-group counts are the learned logits' counts.
-  const auto ordered = logits_in_channel_order(r.logits);
-  const auto masks = budget_masks(ordered, groups, q, 3.0);
+  const auto ordered = logits_in_channel_order(r.logits, groups);
+  const auto masks = meet_budget(ordered, groups, q, 3.0 / 16);
   for (size_t i = 0; i < masks.size(); ++i) {
     const int64_t n = masks[i].numel(), k = masks[i].sum().item<int64_t>();
     EXPECT_TRUE(torch::equal(masks[i].narrow(0, n - k, k), torch::ones({k}))) << i;
@@ -186,8 +189,8 @@ TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
     q.act_low = {4, true, 0};
     q.act_high = {8, true, 0};
     Supernet net(m, groups, q);
-    QuantSearchOptions o;
-    o.budget_bits = 3.6;
+    SearchOptions o;
+    o.budget = 3.6 / 16;
     o.steps = steps;
     o.seqlen = 16;
     o.lr = 0.02;
@@ -195,7 +198,7 @@ TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
     o.checkpoint_path = ckpt;
     o.resume = resume;
     o.progress = false;
-    return train_quant_search(m, net, tokens, o);
+    return train_search(m, net, tokens, o);
   };
   ScratchDir dir;
   const auto full = run("", 6, false);
@@ -210,12 +213,12 @@ TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
   auto groups = quant_mask_groups(m);
   compute_channel_orders(m, groups, sample_calibration_windows(tokens, 4, 32, 1));
   Supernet net(m, groups, SupernetQuantizers{});
-  QuantSearchOptions o;
+  SearchOptions o;
   o.checkpoint_path = dir / "a.pt";
   o.resume = true;
   o.progress = false;
   try {
-    train_quant_search(m, net, tokens, o);
+    train_search(m, net, tokens, o);
     ADD_FAILURE() << "expected a refusal";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("a.pt"), std::string::npos) << e.what();
