@@ -6,7 +6,7 @@
 namespace toga::cli {
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
-  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4)")->capture_default_str();
+  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ)")->capture_default_str();
   cmd->add_option("--wbits,--low-bits", f.wbits, "weight bits of the low-precision part (1 = binarization)")->capture_default_str();
   cmd->add_option("--abits", f.abits, "activation bits (16 = weight-only)")->capture_default_str();
   cmd->add_option("--high-bits", f.high_bits, "bits of the salient channels (weights and activations)")->capture_default_str();
@@ -15,6 +15,7 @@ void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
   cmd->add_flag("--asym", f.asymmetric, "asymmetric weight quantization (default symmetric)");
   cmd->add_flag("--act-asym", f.act_asymmetric, "asymmetric activation quantization");
   cmd->add_option("--salient-frac", f.salient_frac, "fraction of input channels kept at --high-bits");
+  cmd->add_option("--sparsity", f.sparsity, "SparseGPT: unstructured fraction of weights pruned inside GPTQ (sparsegpt: 0.5)");
   cmd->add_option("--salient-counts", f.salient_counts, "JSON {site: count} with per-layer salient counts");
   cmd->add_flag("--no-reorder", f.no_reorder, "keep channel order (salient = the last channels as stored)");
   cmd->add_flag("--act-order", f.act_order, "GPTQ act-order (descending Hessian diagonal)");
@@ -70,6 +71,7 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) 
   if (given("--salient-frac")) o.salient_fraction = f.salient_frac;
   if (given("--salient-counts")) o.salient_counts = read_salient_counts(f.salient_counts);
   if (given("--act-order")) o.gptq.act_order = f.act_order;
+  if (given("--sparsity")) o.sparsity = f.sparsity;
   // The generic recipes reorder only when there is something salient to put last.
   if (f.method != "atom") o.reorder = o.salient_fraction > 0 || !o.salient_counts.empty();
   if (given("--no-reorder")) o.reorder = false;

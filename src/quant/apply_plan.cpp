@@ -106,6 +106,7 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
     o.block_size = g.block_size;
     o.damp = g.damp;
     o.act_order = g.act_order;
+    o.sparsity = p.sparsity;
     auto r = gptq_quantize(w, h, o);
     q.weight = std::move(r.weight);
     q.perm = q.perm.index_select(0, r.perm.to(dev));

@@ -181,6 +181,7 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
                     {"act_low", quant_spec_to_json(q.act_low)},
                     {"act_high", quant_spec_to_json(q.act_high)},
                     {"gptq_loss", q.gptq_loss}};
+    if (q.sparsity > 0) layers[stem]["sparsity"] = q.sparsity;
     if (!q.transform.empty()) layers[stem]["transform"] = transform_to_json(q);
   }
   const Plan& plan = report.plan;
@@ -249,6 +250,7 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
     q.gptq_loss = entry.value("gptq_loss", 0.0);
     // Version 1 recorded the method for the whole checkpoint only.
     q.method = entry.value("method", qc.value("method", std::string("rtn")));
+    q.sparsity = entry.value("sparsity", 0.0);
     if (entry.contains("transform")) transform_from_json(entry["transform"], q, where, "layer '" + stem + "'");
     if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
       fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);

@@ -1,6 +1,7 @@
 #include "quant/gptq.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "util/error.h"
 
@@ -19,6 +20,9 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
   const std::vector<ColumnGroup> groups = column_groups(cols, o.k_salient, o.low, o.high);
   for (const auto& g : groups)
     if (g.bits >= 16) fail("GPTQ cannot leave columns unquantized ({} bits)", g.bits);
+  if (!(o.sparsity >= 0 && o.sparsity < 1)) fail("SparseGPT sparsity {} is outside [0, 1)", o.sparsity);
+  if (o.sparsity > 0 && (o.low.bits == 1 || (o.k_salient > 0 && o.high.bits == 1)))
+    fail("SparseGPT needs a quantizer that represents zero: 1-bit columns cannot be pruned");
 
   torch::NoGradGuard no_grad;
   const auto dtype = w_in.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
@@ -64,6 +68,16 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
     Tensor W1 = Wt.narrow(0, i1, count).clone();
     Tensor Err1 = torch::zeros_like(W1);
     const Tensor U1 = U.narrow(0, i1, count).narrow(1, i1, count);
+    // SparseGPT: the block's weights of lowest saliency w² / U_jj² (U_jj² = [H⁻¹]_jj as column j is
+    // reached), exactly round(sparsity · numel) of them, pruned (ties: the stable sort's order).
+    Tensor pruned1;
+    if (o.sparsity > 0) {
+      const Tensor score = W1.square() / U1.diagonal().square().unsqueeze(1);  // [count, rows]
+      const int64_t k = std::llround(o.sparsity * double(score.numel()));
+      pruned1 = torch::zeros({score.numel()}, W1.options().dtype(torch::kBool));
+      pruned1.index_fill_(0, torch::argsort(score.flatten(), /*stable=*/true).narrow(0, 0, k), true);
+      pruned1 = pruned1.view_as(score);
+    }
 
     // Columns [c, end) as [rows, end - c], with the errors of all columns before c applied; those
     // past this block have only received earlier blocks' errors so far, so this block's are added.
@@ -86,7 +100,7 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
         ++next_group;
       }
       const Tensor w = W1[i];
-      const Tensor code = quantize_codes(w, params, *spec);
+      const Tensor code = quantize_codes(pruned1.defined() ? w.masked_fill(pruned1[i], 0.0) : w, params, *spec);
       const Tensor u = U1[i].narrow(0, i, count - i);  // u[0] = d = U_cc
       Tensor err = Err1[i];
       torch::sub_out(err, w, params.scale * (code - params.zero)).div_(u[0]);

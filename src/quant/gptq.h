@@ -1,6 +1,11 @@
 // GPTQ (Frantar et al., IST-DASLab/gptq) with Atom/TOGA mixed-precision partitions: the last
 // k_salient input columns (the salient channels after reordering) use `high`, the rest `low`, and
 // every column, 1-bit ones included, is quantized in one error-compensating pass.
+//
+// SparseGPT (Frantar & Alistarh) is the same pass with a pruning step: at the start of every block
+// of columns, the `sparsity` fraction of the block's weights with the lowest w² / [H⁻¹]_jj² (their
+// OBS saliency, on the error-updated weights) are set to zero, and their error is compensated like a
+// quantization error; the kept weights are quantized in the same pass (SparseGPT's joint mode).
 #pragma once
 
 #include <torch/torch.h>
@@ -16,6 +21,9 @@ struct GptqOptions {
   int64_t block_size = 128;   // lazy-batch width; the result does not depend on it (up to rounding)
   double damp = 0.01;         // fraction of mean(diag H) added to the diagonal
   bool act_order = false;     // low columns by descending diag(H); salient columns stay last, in order
+  // SparseGPT: unstructured fraction of each block's weights set to zero (0 = plain GPTQ). The mask
+  // depends on block_size, as in SparseGPT.
+  double sparsity = 0;
 };
 
 struct GptqResult {

@@ -65,16 +65,17 @@ nlohmann::json site_to_json(const SitePlan& s) {
   j["weight"] = {{"low", quant_spec_to_json(s.weight_low)}, {"high", quant_spec_to_json(s.weight_high)}};
   j["act"] = {{"low", quant_spec_to_json(s.act_low)}, {"high", quant_spec_to_json(s.act_high)}};
   if (!s.transform.empty()) j["transform"] = transform_to_json(s);
+  if (s.sparsity > 0) j["sparsity"] = s.sparsity;
   return j;
 }
 
-const std::set<std::string> kSiteKeys = {"order", "salient", "method", "weight", "act", "transform"};
+const std::set<std::string> kSiteKeys = {"order", "salient", "method", "weight", "act", "transform", "sparsity"};
 
 SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const std::string& site) {
   const std::string what = "site '" + site + "'";
   if (!j.is_object()) fail_file(where, "{}: expected an object", what);
   for (const auto& [k, v] : j.items())
-    if (!kSiteKeys.count(k)) fail_file(where, "{}: unknown key '{}' (known: order, salient, method, weight, act, transform)", what, k);
+    if (!kSiteKeys.count(k)) fail_file(where, "{}: unknown key '{}' (known: order, salient, method, weight, act, transform, sparsity)", what, k);
   SitePlan s;
   if (j.contains("order")) {
     const auto& o = j["order"];
@@ -116,6 +117,12 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
   specs("weight", s.weight_low, s.weight_high);
   specs("act", s.act_low, s.act_high);
   if (j.contains("transform") && !j["transform"].is_null()) transform_from_json(j["transform"], s, where, what);
+  if (j.contains("sparsity")) {
+    if (!j["sparsity"].is_number() || !(j["sparsity"].get<double>() >= 0 && j["sparsity"].get<double>() < 1))
+      fail_file(where, "{}: sparsity must be a number in [0, 1)", what);
+    s.sparsity = j["sparsity"].get<double>();
+    if (s.sparsity > 0 && s.method != "gptq") fail_file(where, "{}: sparsity (SparseGPT) needs method 'gptq'", what);
+  }
   return s;
 }
 

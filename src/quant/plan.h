@@ -32,6 +32,8 @@ struct SiteScheme {
   // to the stored-order input inside each salient partition; the weight is quantized as W·R.
   std::string transform;
   uint64_t transform_seed = 0;
+  // SparseGPT: unstructured fraction of the weights pruned inside the GPTQ pass (method gptq).
+  double sparsity = 0;
 };
 
 // The JSON of a transform, {"kind", "seed", "mode": "online"}, as Plans and checkpoints write it

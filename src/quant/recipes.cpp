@@ -19,6 +19,7 @@ nlohmann::json QuantizeOptions::to_json() const {
           {"salient_fraction", salient_fraction},
           {"salient_counts", counts},
           {"reorder", reorder},
+          {"sparsity", sparsity},
           {"damp", gptq.damp},
           {"block_size", gptq.block_size},
           {"act_order", gptq.act_order},
@@ -35,11 +36,14 @@ SitePlan base_site(const QuantizeOptions& o) {
   s.act_low = o.act_low;
   s.act_high = o.act_high;
   s.order_rule = o.reorder ? "mean_abs" : "";
+  s.sparsity = o.sparsity;
   return s;
 }
 
 Plan plan_shell(const QuantizeOptions& o, const std::string& recipe) {
   if (o.method != "rtn" && o.method != "gptq") fail("weight quantizer must be rtn or gptq, got '{}'", o.method);
+  if (!(o.sparsity >= 0 && o.sparsity < 1)) fail("sparsity {} is outside [0, 1)", o.sparsity);
+  if (o.sparsity > 0 && o.method != "gptq") fail("sparsity (SparseGPT) prunes inside GPTQ: it needs the gptq weight quantizer");
   Plan p;
   p.recipe = recipe;
   p.kv = o.kv;
@@ -83,6 +87,15 @@ struct Registry {
                          return o;
                        },
                        [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "gptq"); }};
+    // SparseGPT (RECIPES.md): 50 % unstructured sparsity pruned and quantized in one GPTQ pass.
+    recipes["sparsegpt"] = {"sparsegpt", "SparseGPT: 50% unstructured sparsity inside GPTQ (joint prune + quantize)",
+                            [] {
+                              auto o = generic_defaults();
+                              o.method = "gptq";
+                              o.sparsity = 0.5;
+                              return o;
+                            },
+                            [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "sparsegpt"); }};
     recipes["atom"] = {"atom", "Atom: reorder by mean |x|, 12.5% INT8 salient, INT4 g128 W and A, GPTQ, KV4",
                        atom_defaults, [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "atom"); }};
   }

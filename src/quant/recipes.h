@@ -26,6 +26,7 @@ struct QuantizeOptions {
   double salient_fraction = 0.0;                  // k = round(fraction * in_features) ...
   std::map<std::string, int64_t> salient_counts;  // ... unless a site is listed here
   bool reorder = true;         // sort input channels by mean |x| so the salient ones are last
+  double sparsity = 0;         // SparseGPT's unstructured sparsity inside GPTQ (method gptq)
   GptqSettings gptq;
   bool progress = true;
 

@@ -77,6 +77,7 @@ TEST(Plan, JsonRoundTripsEveryField) {
   s.weight_low = {3, false, 32, 0.9, true, false};
   s.act_low = {4, true, 128, 0.9};
   s.act_high = {8, true, 0};
+  s.sparsity = 0.5;
   p.sites["layers.0.mlp.down_proj"] = s;
   BlockPruning b;
   b.attn_in = torch::tensor(std::vector<int64_t>{0, 3, 7}, torch::kLong);
@@ -85,6 +86,7 @@ TEST(Plan, JsonRoundTripsEveryField) {
   p.default_site = SitePlan{};
   const auto j = plan_to_json(p);
   EXPECT_EQ(plan_to_json(plan_from_json(j, "mem")), j);
+  EXPECT_EQ(plan_from_json(j, "mem").sites.at("layers.0.mlp.down_proj").sparsity, 0.5);
 }
 
 TEST(Plan, ResolvedPlanReproducesRecipeCodesBitForBit) {
