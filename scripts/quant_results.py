@@ -277,9 +277,10 @@ def report(args):
     if have_plot:
         out += ["![weight bits vs KLD](results/quant_bits_vs_kld.png)", ""]
     path = os.path.join(ROOT, "docs", "RESULTS.md")
-    # Sections other scripts own (scripts/togaq_results.py) are kept as they are.
+    # Sections other scripts own (togaq_results.py, joint_results.py) follow this one and are kept.
     old = open(path).read() if os.path.exists(path) else ""
-    kept = old[old.index("<!-- togaq:begin -->"):] if "<!-- togaq:begin -->" in old else ""
+    owned = [old.index(m) for m in ("<!-- togaq:begin -->", "<!-- joint:begin -->") if m in old]
+    kept = old[min(owned):] if owned else ""
     with open(path, "w") as f:
         f.write("\n".join(out) + ("\n" + kept if kept else ""))
     print("wrote docs/RESULTS.md")

@@ -1,5 +1,6 @@
-"""Helpers shared by the results scripts (quant_results.py, zero_shot_results.py)."""
+"""Helpers shared by the results scripts (quant_results.py, zero_shot_results.py, togaq_results.py, joint_results.py)."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,3 +22,27 @@ def run(cmd, log):
 def load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def write_section(path, begin, end, lines):
+    """Replaces the part of `path` between the markers `begin` and `end` (included in `lines`), or
+    appends `lines` when the markers are not there: each script owns its section of a shared file."""
+    text = open(path).read() if os.path.exists(path) else ""
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + "\n".join(lines) + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def pyplot():
+    """matplotlib's pyplot with the Agg backend, or None (Debian's python3-matplotlib is optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("matplotlib not available: no plot (use /usr/bin/python3 with python3-matplotlib)")
+        return None

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from results_common import load, run
+from results_common import load, pyplot, run, write_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -114,12 +114,8 @@ def collect(args, m):
 
 def plot_allocation(search, path, frac, title):
     """Salient fraction per layer and site type (the method's Figure 4), with the fixed fraction."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not available: no allocation plot")
+    plt = pyplot()
+    if plt is None:
         return
     kinds = ["attn_in", "o_in", "mlp_in", "down_in"]
     names = {"attn_in": "q/k/v input", "o_in": "o_proj input", "mlp_in": "gate/up input", "down_in": "down_proj input"}
@@ -184,14 +180,7 @@ def report(args):
                 lines += ["", f"![salient allocation, {c}]({png})"]
         lines.append("")
     lines.append(END)
-    path = os.path.join(ROOT, "docs", "RESULTS.md")
-    text = open(path).read() if os.path.exists(path) else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_section(os.path.join(ROOT, "docs", "RESULTS.md"), BEGIN, END, lines)
     print("wrote docs/RESULTS.md (TOGA-q section)")
 
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "io/checkpoint.h"
 #include "model/model.h"
@@ -24,6 +25,13 @@ inline Model random_model(const ModelConfig& c, uint64_t seed, torch::Dtype dtyp
   LoadOptions opts;
   opts.dtype = dtype;
   return build_model(c, random_weights(c, seed), opts);
+}
+
+// n uniformly random token ids below `vocab`: training data for searches on random models.
+inline std::vector<int> random_token_stream(int vocab, int n, uint64_t seed) {
+  torch::manual_seed(seed);
+  const torch::Tensor t = torch::randint(vocab, {n}, torch::kLong);
+  return std::vector<int>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
 }
 
 // GQA (4 query heads on 2 KV heads), two layers, widths 16 / 24: small enough for a finite

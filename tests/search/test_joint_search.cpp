@@ -21,12 +21,6 @@ using torch::Tensor;
 
 namespace {
 
-std::vector<int> token_stream(int vocab, int n, uint64_t seed) {
-  torch::manual_seed(seed);
-  const Tensor t = torch::randint(vocab, {n}, torch::kLong);
-  return std::vector<int>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
-}
-
 std::vector<MaskGroup> joint_groups(Model& m, const Tensor& ids) {
   auto groups = quant_mask_groups(m);
   for (auto& g : prune_mask_groups(m)) groups.push_back(std::move(g));
@@ -166,7 +160,7 @@ TEST(JointSearch, MeetBudgetLandsOnTheTargetWithoutEmptyingAMask) {
 TEST(JointSearch, TrainingMovesBudgetAndFixedSparsityToTheirTargets) {
   const ModelConfig c = gqa_gradient_config();
   Model m = random_model(c, 3);
-  const auto tokens = token_stream(c.vocab_size, 4000, 9);
+  const auto tokens = random_token_stream(c.vocab_size, 4000, 9);
   const auto groups = joint_groups(m, sample_calibration_windows(tokens, 4, 32, 1));
   SupernetQuantizers q;
   Supernet net(m, groups, q);
@@ -200,7 +194,7 @@ TEST(JointSearch, TrainingMovesBudgetAndFixedSparsityToTheirTargets) {
 
 TEST(JointSearch, ResumedJointRunIsTheUninterruptedRun) {
   const ModelConfig c = gqa_gradient_config();
-  const auto tokens = token_stream(c.vocab_size, 4000, 9);
+  const auto tokens = random_token_stream(c.vocab_size, 4000, 9);
   auto run = [&](const std::string& ckpt, int steps, bool resume, bool soft) {
     Model m = random_model(c, 3);
     const auto groups = joint_groups(m, sample_calibration_windows(tokens, 4, 32, 1));

@@ -22,12 +22,6 @@ using torch::Tensor;
 
 namespace {
 
-std::vector<int> token_stream(int vocab, int n, uint64_t seed) {
-  torch::manual_seed(seed);
-  const Tensor t = torch::randint(vocab, {n}, torch::kLong);
-  return std::vector<int>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
-}
-
 Tensor ce_loss(const Model& m, const Tensor& ids) {
   const int64_t T = ids.size(1);
   const Tensor logits = m.forward(ids).narrow(1, 0, T - 1);
@@ -128,7 +122,7 @@ TEST(QuantSearch, HardLastKMasksAreTheFixedFractionModel) {
 TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
   const ModelConfig c = gqa_gradient_config();
   Model m = random_model(c, 3);
-  const auto tokens = token_stream(c.vocab_size, 4000, 9);
+  const auto tokens = random_token_stream(c.vocab_size, 4000, 9);
   auto groups = quant_mask_groups(m);
   compute_channel_orders(m, groups, sample_calibration_windows(tokens, 4, 32, 1));
   SupernetQuantizers q;
@@ -179,7 +173,7 @@ TEST(QuantSearch, TrainingMovesTheBudgetToTheTargetAndBudgetMasksMeetIt) {
 
 TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
   const ModelConfig c = gqa_gradient_config();
-  const auto tokens = token_stream(c.vocab_size, 4000, 9);
+  const auto tokens = random_token_stream(c.vocab_size, 4000, 9);
   auto run = [&](const std::string& ckpt, int steps, bool resume) {
     Model m = random_model(c, 3);
     auto groups = quant_mask_groups(m);
