@@ -1,0 +1,73 @@
+// The packed integer GEMM of weight-activation quantized linears (W4A4, W8A8 and Atom's mixed
+// INT4 + INT8 salient partition): Y = Σ_blocks s_x·s_w · Σ_k (c_w − z_w)·c_x over the columns of each
+// block, with the activations quantized per token on the fly. No libtorch: this is the deployable
+// runtime. `qgemm_reference` is the plain definition the kernels are tested against.
+//
+// Layout. The input columns are split into blocks (a weight quantization group, which must also be
+// the activations' group: Atom's 128-column groups and its salient partition), each 4 or 8 bits.
+// Weight codes are stored offset-binary (u = c + 2^(bits−1), unsigned) because the VNNI dot product
+// multiplies unsigned by signed bytes; the activation codes' block sums undo the offset. Rows go in
+// panels of 16 and, inside a panel, each 64-byte line holds 16 rows × 4 bytes: 4 consecutive columns
+// of INT8, or 8 of INT4 (the low nibbles are columns k..k+3, the high nibbles k+4..k+7). A block's
+// width is padded to its line (4 or 8 columns) with zero codes; rows to the panel.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/cpu.h"
+
+namespace toga::rt {
+
+struct ColumnBlock {
+  int64_t begin = 0, end = 0;  // input columns [begin, end)
+  int bits = 4;                // 4 or 8
+};
+
+struct PackedWeight {
+  int64_t rows = 0, cols = 0, panels = 0;
+  std::vector<ColumnBlock> blocks;
+  std::vector<int64_t> padded;     // per block: width padded to its line
+  std::vector<int64_t> x_offset;   // per block: first column of the block in the padded activation row
+  int64_t padded_cols = 0;         // Σ padded
+  int64_t panel_bytes = 0;         // bytes of one 16-row panel (all blocks)
+  std::vector<int64_t> panel_offset_of_block;  // byte offset of each block inside a panel
+  std::vector<uint8_t> data;       // panels × panel_bytes
+  std::vector<float> scales;       // [blocks][panels·16]
+  // [blocks][panels·16]: 2^(bits−1) + the zero point, so that Σ (c_w − z)·c_x = Σ u·c_x − this·Σ c_x
+  // exactly in int32.
+  std::vector<int32_t> code_offset;
+};
+
+// codes [rows, cols] signed in each block's range, scales and zero points [rows, blocks] (row-major;
+// value = scale·(code − zero), zero integer-valued, 0 when symmetric).
+PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* zeros, int64_t rows, int64_t cols,
+                         const std::vector<ColumnBlock>& blocks);
+
+struct ActivationQuant {
+  std::vector<double> clip;  // per block: clip ratio (1 = absmax)
+};
+
+// Activations quantized per token and block, symmetric, as the fake-quant path does it
+// (quant/quantizer.h: scale = 2·clip·absmax·(1 + 2⁻¹⁶) / (2^bits − 1), c = clamp(round(x / scale))).
+struct QuantizedActivations {
+  int64_t tokens = 0, padded_cols = 0, blocks = 0;
+  std::vector<int8_t> codes;   // [tokens][padded_cols]
+  std::vector<float> scales;   // [tokens][blocks]
+  std::vector<int32_t> sums;   // [tokens][blocks]: Σ codes
+};
+
+// x [tokens, cols] float in the weight's column order.
+void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w, const ActivationQuant& q,
+                          QuantizedActivations& out);
+
+// y [tokens, rows] = the quantized product (bias not included), on the given kernel family.
+void qgemm(const QuantizedActivations& x, const PackedWeight& w, float* y, Isa isa);
+
+// The definition, from unpacked codes, in float64: y[t][n] = Σ_b sx[t][b]·sw[n][b]·Σ_{k∈b} (cw[n][k] −
+// zw[n][b])·cx[t][k]. Codes and scales as pack_weight and quantize_activations take and make them.
+void qgemm_reference(const int8_t* x_codes, const float* x_scales, int64_t tokens, const int8_t* w_codes,
+                     const float* w_scales, const float* w_zeros, int64_t rows, int64_t cols,
+                     const std::vector<ColumnBlock>& blocks, double* y);
+
+}  // namespace toga::rt
