@@ -22,6 +22,8 @@ void add_common_options(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--kv-bits", o.kv_bits,
                   "override KV-cache quantization: 16 = none, 2..8 = asymmetric per token and head (default: "
                   "as the checkpoint says)");
+  cmd->add_flag("--fake-quant", o.fake_quant,
+                "run quantized checkpoints as fake-quantized floats (the reference path) instead of the packed integer kernels");
 }
 
 void apply_common_options(const CommonOptions& o) { set_threads(o.threads); }
@@ -31,6 +33,7 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOption
   lm.path = path;
   LoadOptions opts;
   opts.dtype = parse_dtype(o.dtype);
+  opts.packed_kernels = !o.fake_quant;
   const Checkpoint ck = open_checkpoint(path);
   lm.model = load_any_model(ck, opts);
   if (o.kv_bits != 0) {

@@ -18,6 +18,7 @@ struct CommonOptions {
   std::string dtype = "fp32";
   std::string tokenizer;  // override the tokenizer found beside the model
   int kv_bits = 0;        // 0: as the checkpoint says; 16: unquantized; 2..8: fake-quantize the KV cache
+  bool fake_quant = false;  // quantized checkpoints on fake-quantized floats instead of the packed kernels
 };
 
 void add_common_options(CLI::App* cmd, CommonOptions& o);

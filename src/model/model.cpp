@@ -14,7 +14,7 @@ torch::Tensor LinearSite::forward(const torch::Tensor& x) const {
   torch::Tensor in = in_index.defined() ? x.index_select(-1, in_index) : x;
   if (in_mask.defined()) in = in * in_mask;
   if (in_transform.defined()) in = torch::matmul(in, in_transform);
-  if (act.active()) in = fake_quantize_activation(in, act.low, act.high, act.salient);
+  if (act.active() && !(kernel && kernel->quantizes_input())) in = fake_quantize_activation(in, act.low, act.high, act.salient);
   if (custom_input) in = custom_input(in);
   static const DenseLinearKernel dense;
   torch::Tensor y = kernel ? kernel->apply(*this, in) : dense.apply(*this, in);

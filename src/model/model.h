@@ -54,8 +54,12 @@ class LinearKernel {
  public:
   virtual ~LinearKernel() = default;
   virtual std::string name() const = 0;
-  // x [..., in] in stored column order (after gather, masks and activation quantization).
+  // x [..., in] in stored column order (after gather, masks and activation quantization, unless
+  // the kernel quantizes its input itself).
   virtual torch::Tensor apply(const LinearSite& site, const torch::Tensor& x) const = 0;
+  // A packed integer kernel quantizes the activations itself (to codes, not fake-quantized floats):
+  // the forward then leaves the site's activation quantizer to it.
+  virtual bool quantizes_input() const { return false; }
 };
 
 // One linear layer of the model and the state its forward interprets. Attachments are data where
@@ -175,6 +179,9 @@ class Model {
 struct LoadOptions {
   torch::Dtype dtype = torch::kFloat32;
   torch::Device device = torch::kCPU;
+  // Quantized checkpoints: run the linears that can on the packed integer kernels
+  // (quant/packed_kernel.h) instead of fake-quantized floats.
+  bool packed_kernels = false;
 };
 
 // Builds a model from any checkpoint: each tensor is decoded in row chunks straight into the

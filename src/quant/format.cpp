@@ -1,5 +1,7 @@
 #include "quant/format.h"
 
+#include "quant/packed_kernel.h"
+
 #include <cstring>
 #include <set>
 
@@ -282,6 +284,7 @@ Model load_quantized_model(const Checkpoint& ck, const LoadOptions& opts) {
   Model m = load_model(view, opts);
   // The stored plan, as data: index, activation quantizer, kernel (the weight is already in place).
   for (const auto& q : linears) attach_quantized_linear(m, q, /*set_weight=*/false);
+  if (opts.packed_kernels) use_packed_kernels(m, linears);
   const auto& kv = ck.quantization_config.value("kv_cache_scheme", nlohmann::json());
   if (kv.is_object()) {
     QuantSpec spec;

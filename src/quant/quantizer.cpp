@@ -27,8 +27,9 @@ constexpr double kMseNorm = 2.4;
 // below scale/2, and makes unclipped symmetric quantization odd: q(-x) = -q(x).
 constexpr double kSymmetricTieBreak = 1.0 + 1.0 / 65536;
 
-// A group with mean |x - mu| = 0 still needs a finite scale and zero; this keeps mu reconstructed.
-constexpr double kMinBinaryAlpha = 1e-20;
+// A group with mean |x - mu| = 0 still needs a finite scale and zero, both fp16-representable (a
+// checkpoint stores them in fp16; 2·α ≥ 2⁻²⁴, the smallest fp16); this keeps mu reconstructed.
+constexpr double kMinBinaryAlpha = 1.0 / 33554432;  // 2⁻²⁵
 
 GroupParams binary_params(const Tensor& x, const QuantSpec& spec, const Tensor& w) {
   Tensor mu, alpha;
@@ -41,7 +42,10 @@ GroupParams binary_params(const Tensor& x, const QuantSpec& spec, const Tensor& 
     mu = spec.binary_centered ? x.mean(-1, true) : torch::zeros_like(x.select(-1, 0).unsqueeze(-1));
     alpha = (x - mu).abs().mean(-1, true);
   }
-  alpha = alpha.clamp_min(kMinBinaryAlpha);
+  // A group without spread (one column, or constant) reconstructs mu; α is kept large enough that
+  // the zero point 0.5 − mu/(2α) stays finite in the checkpoint's fp16 (|zero| ≤ 30000), which costs
+  // at most |mu|/60000 of error there.
+  alpha = torch::maximum(alpha, mu.abs() / 60000).clamp_min(kMinBinaryAlpha);
   return {2 * alpha, 0.5 - mu / (2 * alpha)};
 }
 

@@ -94,8 +94,8 @@ void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w,
       float absmax = 0;
       for (int64_t k = b.begin; k < b.end; ++k) absmax = std::max(absmax, std::fabs(row[k]));
       if (!(absmax > 0)) absmax = 1;  // an all-zero group: any finite scale, codes 0
-      const double qmax = double((1 << b.bits) - 1);
-      const float scale = float(double(2 * absmax) * q.clip[size_t(bi)] * kSymmetricTieBreak / qmax);
+      // In float32 step by step, as libtorch computes the fake-quant scale: the same codes.
+      const float scale = (2.0f * absmax) * float(q.clip[size_t(bi)] * kSymmetricTieBreak) / float((1 << b.bits) - 1);
       const float lo = float(-(1 << (b.bits - 1))), hi = float((1 << (b.bits - 1)) - 1);
       int8_t* codes = out.codes.data() + t * w.padded_cols + w.x_offset[size_t(bi)];
       int32_t sum = 0;

@@ -181,6 +181,16 @@ TEST(Quantizer, BinarizationBySignAndMeanAbs) {
   EXPECT_TRUE(torch::allclose(qw.scales, 2 * alpha, 1e-6, 1e-7));
   EXPECT_TRUE(torch::allclose(qw.zeros, 0.5 - mu / (2 * alpha), 1e-5, 1e-6));
   EXPECT_EQ(qw.groups[0].bits, 1);
+  // A group without spread (one column after pruning, a constant row) reconstructs its mean, and its
+  // scale and zero survive the checkpoint's fp16 (they once became 0 and inf: NaN weights).
+  s.binary_centered = true;
+  s.group_size = 1;
+  const QuantizedWeight one = quantize_weight(w.narrow(1, 0, 3), s);
+  const Tensor s16 = one.scales.to(torch::kHalf).to(torch::kFloat), z16 = one.zeros.to(torch::kHalf).to(torch::kFloat);
+  EXPECT_TRUE(torch::isfinite(s16).all().item<bool>() && torch::isfinite(z16).all().item<bool>());
+  EXPECT_TRUE((s16 > 0).all().item<bool>());
+  const Tensor deq = s16 * (one.codes.to(torch::kFloat) - z16);
+  EXPECT_TRUE(torch::allclose(deq, w.narrow(1, 0, 3), 1e-3, 1e-3)) << (deq - w.narrow(1, 0, 3)).abs().max();
 }
 
 TEST(Quantizer, MixedWeightKeepsSalientColumnsAtInt8) {
@@ -352,7 +362,8 @@ TEST(Quantizer, EdgeCasesAndValidation) {
     for (bool sym : {true, false}) {
       const QuantizedWeight qw = quantize_weight(z, spec(bits, sym));
       EXPECT_TRUE(torch::isfinite(qw.scales).all().item<bool>());
-      EXPECT_TRUE(torch::allclose(dequantize(qw), z, 0, 1e-12));
+      // 1 bit cannot say 0: ±α with α at its floor, 2⁻²⁵ (fp16-storable).
+      EXPECT_TRUE(torch::allclose(dequantize(qw), z, 0, bits == 1 ? 3e-8 : 1e-12));
     }
   // Float64 in, float64 out.
   const Tensor d = torch::randn({3, 9}, torch::kDouble);

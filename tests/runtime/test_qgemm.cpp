@@ -108,13 +108,12 @@ TEST(QGemm, ActivationCodesFollowTheFakeQuantFormula) {
   for (size_t b = 0; b < blocks.size(); ++b) {
     double absmax = 0;
     for (int64_t k = blocks[b].begin; k < blocks[b].end; ++k) absmax = std::max(absmax, std::fabs(double(x[size_t(k)])));
-    const double qmax = double((1 << blocks[b].bits) - 1);
-    const float scale = float(2 * absmax * clip[b] * (1 + 1.0 / 65536) / qmax);
+    const float scale = float(2 * absmax * clip[b] * (1 + 1.0 / 65536) / double((1 << blocks[b].bits) - 1));
     EXPECT_FLOAT_EQ(q.scales[b], scale);
     int sum = 0;
     for (int64_t k = blocks[b].begin; k < blocks[b].end; ++k) {
       const double lo = -(1 << (blocks[b].bits - 1)), hi = (1 << (blocks[b].bits - 1)) - 1;
-      const int want = int(std::clamp(std::nearbyint(double(x[size_t(k)] / scale)), lo, hi));
+      const int want = int(std::clamp(std::nearbyint(double(x[size_t(k)] / q.scales[b])), lo, hi));
       EXPECT_EQ(q.codes[size_t(w.x_offset[b] + k - blocks[b].begin)], want) << k;
       sum += want;
     }

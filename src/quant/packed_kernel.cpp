@@ -1,0 +1,81 @@
+#include "quant/packed_kernel.h"
+
+#include "runtime/qgemm.h"
+#include "util/error.h"
+
+namespace toga {
+
+namespace {
+
+class PackedKernel final : public LinearKernel {
+ public:
+  PackedKernel(rt::PackedWeight w, rt::ActivationQuant aq, rt::Isa isa) : w_(std::move(w)), aq_(std::move(aq)), isa_(isa) {}
+  std::string name() const override { return std::string("packed-") + rt::isa_name(isa_); }
+  bool quantizes_input() const override { return true; }
+
+  torch::Tensor apply(const LinearSite& site, const torch::Tensor& x) const override {
+    if (x.requires_grad()) fail("site '{}': the packed kernel has no backward (load with --fake-quant)", site.name);
+    const auto shape = x.sizes().vec();
+    const torch::Tensor xf = x.detach().to(torch::kCPU, torch::kFloat32).contiguous().reshape({-1, w_.cols});
+    thread_local rt::QuantizedActivations qx;  // reused: no allocation per call once warm
+    rt::quantize_activations(xf.data_ptr<float>(), xf.size(0), w_, aq_, qx);
+    torch::Tensor y = torch::empty({xf.size(0), w_.rows}, torch::kFloat32);
+    rt::qgemm(qx, w_, y.data_ptr<float>(), isa_);
+    if (site.bias.defined()) y += site.bias.to(torch::kFloat32);
+    auto out_shape = shape;
+    out_shape.back() = w_.rows;
+    return y.reshape(out_shape).to(x.device(), x.scalar_type());
+  }
+
+ private:
+  rt::PackedWeight w_;
+  rt::ActivationQuant aq_;
+  rt::Isa isa_;
+};
+
+}  // namespace
+
+std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q, const LinearSite& site, std::string* why_not) {
+  auto no = [&](const std::string& why) -> std::shared_ptr<const LinearKernel> {
+    if (why_not) *why_not = why;
+    return nullptr;
+  };
+  if (site.custom_input || site.custom_weight || site.custom_output) return no("the site has custom functions");
+  if (site.weight.device() != torch::kCPU) return no("the packed kernels run on the CPU");
+  const int64_t in = q.weight.codes.size(1), out = q.weight.codes.size(0);
+  if (!q.act_low.quantized() || (q.salient > 0 && !q.act_high.quantized()))
+    return no("weight-only: the packed weight-only kernels are not there yet");
+  const auto act_groups = column_groups(in, q.salient, q.act_low, q.act_high);
+  if (act_groups.size() != q.weight.groups.size()) return no("weight and activation groups differ");
+  std::vector<rt::ColumnBlock> blocks;
+  rt::ActivationQuant aq;
+  for (size_t i = 0; i < act_groups.size(); ++i) {
+    const ColumnGroup& wg = q.weight.groups[i];
+    const ColumnGroup& ag = act_groups[i];
+    if (wg.col_begin != ag.col_begin || wg.col_end != ag.col_end) return no("weight and activation groups differ");
+    if ((wg.bits != 4 && wg.bits != 8) || wg.bits != ag.bits) return no("the packed kernels take 4 or 8 bits, the same for W and A");
+    const QuantSpec& as = wg.col_begin >= in - q.salient ? q.act_high : q.act_low;
+    if (!as.symmetric || as.mse_clip) return no("asymmetric or MSE-clipped activations");
+    blocks.push_back({wg.col_begin, wg.col_end, wg.bits});
+    aq.clip.push_back(as.clip_ratio);
+  }
+  const torch::Tensor codes = q.weight.codes.to(torch::kCPU, torch::kInt8).contiguous();
+  const torch::Tensor scales = q.weight.scales.to(torch::kCPU, torch::kFloat32).contiguous();
+  const torch::Tensor zeros = q.weight.zeros.to(torch::kCPU, torch::kFloat32).contiguous();
+  rt::PackedWeight w = rt::pack_weight(codes.data_ptr<int8_t>(), scales.data_ptr<float>(), zeros.data_ptr<float>(), out, in, blocks);
+  return std::make_shared<PackedKernel>(std::move(w), std::move(aq), rt::selected_isa());
+}
+
+int use_packed_kernels(Model& model, const std::vector<QuantizedLinear>& linears) {
+  int n = 0;
+  for (const auto& q : linears) {
+    LinearSite& s = model.site(q.site);
+    if (auto k = make_packed_kernel(q, s)) {
+      s.kernel = std::move(k);
+      ++n;
+    }
+  }
+  return n;
+}
+
+}  // namespace toga

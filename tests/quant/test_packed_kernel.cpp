@@ -1,0 +1,81 @@
+// A quantized checkpoint on the packed integer kernels gives the logits of its fake-quant evaluation
+// (same codes, integer dot products instead of float ones): KLD ≤ 1e-4 on every kernel family this
+// CPU has, the max |Δlogit| reported. Weight-only and mismatched-group linears stay on the dense
+// fake-quant kernel, with the reason.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "io/checkpoint.h"
+#include "model/tiny_model.h"
+#include "quant/format.h"
+#include "quant/packed_kernel.h"
+#include "quant/recipes.h"
+#include "runtime/cpu.h"
+#include "test_util.h"
+
+using namespace toga;
+using namespace toga::test;
+
+namespace {
+
+struct ScopedEnv {
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  const char* name_;
+};
+
+double mean_kld(const torch::Tensor& ref_logits, const torch::Tensor& logits) {
+  const auto p = torch::log_softmax(ref_logits.to(torch::kFloat64), -1), q = torch::log_softmax(logits.to(torch::kFloat64), -1);
+  return (p.exp() * (p - q)).sum(-1).mean().item<double>();
+}
+
+}  // namespace
+
+TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
+  ModelConfig c = tiny_config(Family::Llama);
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  Model m = random_model(c, 5);
+  torch::manual_seed(6);
+  const torch::Tensor calib = torch::randint(c.vocab_size, {4, 32}, torch::kLong);
+  const torch::Tensor ids = torch::randint(c.vocab_size, {2, 24}, torch::kLong);
+  QuantizeOptions o = find_recipe("atom").defaults();  // W4A4 g128 + 12.5 % INT8, GPTQ, KV4
+  o.weight_low.group_size = o.act_low.group_size = 24;  // ragged: 56 low columns = 24 + 24 + 8
+  const auto report = apply_plan(m, uniform_plan(m, o, "atom"), calib, "test", false);
+  ScratchDir dir;
+  save_quantized_checkpoint(dir / "q", m, report, DType::F32, {});
+  const Checkpoint ck = open_checkpoint(dir / "q");
+  torch::NoGradGuard no_grad;
+  const torch::Tensor fake = load_any_model(ck, {}).forward(ids);
+  for (rt::Isa isa : {rt::Isa::kScalar, rt::Isa::kAvx512Vnni}) {
+    bool have = false;
+    for (rt::Isa a : rt::available_isas()) have = have || a == isa;
+    if (!have) {
+      std::printf("[ SKIPPED  ] %s: not on this CPU\n", rt::isa_name(isa));
+      continue;
+    }
+    ScopedEnv pin("TOGA_ISA", rt::isa_name(isa));
+    LoadOptions opts;
+    opts.packed_kernels = true;
+    const Model packed = load_any_model(ck, opts);
+    int on_packed = 0;
+    for (const LinearSite* s : packed.block_sites())
+      on_packed += s->kernel && s->kernel->name() == std::string("packed-") + rt::isa_name(isa);
+    EXPECT_EQ(on_packed, 7 * c.num_hidden_layers) << rt::isa_name(isa);
+    const torch::Tensor logits = packed.forward(ids);
+    const double kld = mean_kld(fake, logits);
+    std::printf("%s: KLD %.3g, max |Δlogit| %.3g\n", rt::isa_name(isa), kld, (fake - logits).abs().max().item<double>());
+    EXPECT_LT(kld, 1e-4) << rt::isa_name(isa);
+  }
+  // Weight-only linears are not taken (yet), and say why.
+  QuantizedLinear wo = report.linears.front();
+  wo.act_low = {16};
+  wo.act_high = {16};
+  std::string why;
+  EXPECT_EQ(make_packed_kernel(wo, m.site(wo.site), &why), nullptr);
+  EXPECT_NE(why.find("weight-only"), std::string::npos) << why;
+}
