@@ -2,7 +2,7 @@
 # Builds and runs the forward-throughput and load-memory benchmarks, saves their JSON under
 # docs/results/, and prints the markdown tables of docs/BENCHMARKS.md.
 #
-#   bench/run_benchmarks.sh [all|forward|memory|gptq|search|tables] [extra bench_forward flags]
+#   bench/run_benchmarks.sh [all|forward|memory|gptq|search|qgemm|tables] [extra bench_forward flags]
 #
 # e.g. bench/run_benchmarks.sh forward --benchmark_filter='peak|smollm2'
 # Environment: TOGA_BENCH_BUILD (build dir, default build-bench), TOGA_BENCH_RESULTS (default
@@ -25,7 +25,7 @@ export TOGA_SHARED=${TOGA_SHARED:-$root/../shared}
 mkdir -p "$results"
 if [[ $mode != tables ]]; then
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build" --target bench_forward bench_load_memory bench_gptq bench_search_step -j"$(nproc)" >/dev/null
+  cmake --build "$build" --target bench_forward bench_load_memory bench_gptq bench_search_step bench_qgemm -j"$(nproc)" >/dev/null
 fi
 
 machine() {
@@ -60,6 +60,12 @@ if [[ $mode == all || $mode == gptq ]]; then
   TOGA_BENCH_THREADS=${TOGA_BENCH_THREADS_GPTQ:-1} "$build/bench_gptq" --benchmark_out="$results/gptq.json" \
     --benchmark_out_format=json >&2
   echo "uptime after gptq: $(uptime)" | tee -a "$results/machine.txt" >&2
+fi
+
+if [[ $mode == all || $mode == qgemm ]]; then
+  echo "uptime before qgemm: $(uptime)" | tee -a "$results/machine.txt" >&2
+  "$build/bench_qgemm" --benchmark_out="$results/qgemm.json" --benchmark_out_format=json >&2
+  echo "uptime after qgemm: $(uptime)" | tee -a "$results/machine.txt" >&2
 fi
 
 if [[ $mode == all || $mode == search ]]; then
@@ -163,6 +169,26 @@ if os.path.exists(search_path):
             continue
         print(f'| {b["name"]} | {b["real_time"] / 1000:.2f} | {b["tokens/s"]:.1f} | {b["GFLOP/s"]:.1f} | '
               f'{b["bf16_peak_GFLOP/s"]:.1f} | {100 * b.get("of_bf16_peak", 0):.1f}% |')
+
+qgemm_path = os.path.join(results, "qgemm.json")
+if os.path.exists(qgemm_path):
+    data = json.load(open(qgemm_path))
+    rows = {b["name"]: b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration" and "error_occurred" not in b}
+    print("\n### Packed W4A4 + 12.5 % INT8 GEMM (activation quantization included) vs libtorch fp32, same run\n")
+    print("| shape | M | threads | kernel | GOPS | % of VNNI peak | packed weight GB/s | torch fp32 GFLOP/s | speed-up |\n"
+          "|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for name, b in rows.items():
+        if not name.startswith("qgemm/"):
+            continue
+        _, shape, m, t = name.split("/")[:4]
+        torch_b = rows.get(name.replace("qgemm/", "torch_fp32/"), {})
+        ratio = torch_b["real_time"] / b["real_time"] if torch_b else float("nan")
+        print(f'| {shape} | {m[2:]} | {t.split(":")[1]} | {b.get("label", "")} | {b["GOPS"]:.1f} | '
+              f'{100 * b.get("of_vnni_peak", float("nan")):.1f}% | {b["weight_GB/s"]:.1f} | '
+              f'{torch_b.get("GFLOP/s", float("nan")):.1f} | {ratio:.2f}x |')
+    for name, b in rows.items():
+        if name.startswith("peak/vnni"):
+            print(f'\nVNNI int8 peak ({name}): {b["GOPS"]:.0f} GOPS')
 
 gptq_path = os.path.join(results, "gptq.json")
 if os.path.exists(gptq_path):

@@ -1,0 +1,148 @@
+// The packed W-A GEMM (runtime/qgemm.h) against the machine's int8 peak and libtorch fp32 on the same
+// shapes, in one process:
+//   peak/vnni            vpdpbusd on registers only (4 MACs × 16 lanes per instruction): int8 GOPS
+//   qgemm/<shape>/M:<m>  activation quantization + qgemm, Atom's W4A4 + 12.5 % INT8 layout (groups
+//                        of 128), GOPS = 2·M·N·K / time, "of_vnni_peak", and GB/s of packed weight
+//                        streamed (the decode bound at M = 1)
+//   torch_fp32/<shape>/M:<m>  torch::linear on the same shapes, for the speed-up
+// Shapes: SmolLM2-135M (576→576, 576→1536, 1536→576) and Llama-2-7B (4096→4096, 4096→11008,
+// 11008→4096). Environment: TOGA_BENCH_THREADS (default "1,2"), TOGA_ISA (pin a kernel family).
+#include <benchmark/benchmark.h>
+#include <fmt/format.h>
+#include <immintrin.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <random>
+#include <sstream>
+
+#include "model/threads.h"
+#include "runtime/qgemm.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double g_vnni_peak = 0;  // GOPS, per thread count of the last peak run
+
+struct Shape {
+  const char* name;
+  int64_t k, n;  // in, out
+};
+const Shape kShapes[] = {{"smollm2_q", 576, 576},    {"smollm2_gate", 576, 1536}, {"smollm2_down", 1536, 576},
+                         {"llama7b_q", 4096, 4096}, {"llama7b_gate", 4096, 11008}, {"llama7b_down", 11008, 4096}};
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t vnni_loop(int64_t iters) {
+  __m512i acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = _mm512_set1_epi32(i);
+  const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 8; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+  __m512i s = acc[0];
+  for (int i = 1; i < 8; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return _mm512_reduce_add_epi32(s);
+}
+
+void BM_VnniPeak(benchmark::State& state, int threads) {
+  const int64_t iters = 1 << 22;
+  double wall = 0;
+  int64_t runs = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    int64_t sink = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : sink)
+    for (int t = 0; t < threads; ++t) sink += vnni_loop(iters);
+    benchmark::DoNotOptimize(sink);
+    wall += std::chrono::duration<double>(Clock::now() - t0).count();
+    ++runs;
+  }
+  g_vnni_peak = 2.0 * 64 * 8 * double(iters) * threads * double(runs) / wall / 1e9;  // 64 MACs per instruction
+  state.counters["GOPS"] = g_vnni_peak;
+}
+
+std::vector<toga::rt::ColumnBlock> atom_blocks(int64_t k) {
+  const int64_t salient = k / 8, low = k - salient;
+  std::vector<toga::rt::ColumnBlock> out;
+  for (int64_t c = 0; c < low; c += 128) out.push_back({c, std::min(c + 128, low), 4});
+  out.push_back({low, k, 8});
+  return out;
+}
+
+void BM_Qgemm(benchmark::State& state, Shape s, int64_t m, int threads) {
+  toga::set_threads(threads);
+  const auto blocks = atom_blocks(s.k);
+  const int64_t nb = int64_t(blocks.size());
+  std::mt19937 rng(1);
+  std::vector<int8_t> codes(size_t(s.n * s.k));
+  for (int64_t r = 0; r < s.n; ++r)
+    for (const auto& b : blocks) {
+      std::uniform_int_distribution<int> c(-(1 << (b.bits - 1)), (1 << (b.bits - 1)) - 1);
+      for (int64_t j = b.begin; j < b.end; ++j) codes[size_t(r * s.k + j)] = int8_t(c(rng));
+    }
+  std::vector<float> scales(size_t(s.n * nb), 0.01f), zeros(size_t(s.n * nb), 0.0f);
+  const auto w = toga::rt::pack_weight(codes.data(), scales.data(), zeros.data(), s.n, s.k, blocks);
+  std::vector<float> x(size_t(m * s.k)), y(size_t(m * s.n));
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = normal(rng);
+  toga::rt::ActivationQuant aq;
+  for (const auto& b : blocks) aq.clip.push_back(b.bits == 4 ? 0.9 : 1.0);
+  toga::rt::QuantizedActivations qx;
+  const auto isa = toga::rt::selected_isa();
+  double wall = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    toga::rt::quantize_activations(x.data(), m, w, aq, qx);
+    toga::rt::qgemm(qx, w, y.data(), isa);
+    benchmark::DoNotOptimize(y.data());
+    wall += std::chrono::duration<double>(Clock::now() - t0).count();
+    ++iters;
+  }
+  const double gops = 2.0 * double(m * s.n * s.k) * double(iters) / wall / 1e9;
+  state.counters["GOPS"] = gops;
+  if (g_vnni_peak > 0) state.counters["of_vnni_peak"] = gops / g_vnni_peak;
+  state.counters["weight_GB/s"] = double(w.data.size()) * double(iters) / wall / 1e9;
+  state.SetLabel(toga::rt::isa_name(isa));
+}
+
+void BM_TorchFp32(benchmark::State& state, Shape s, int64_t m, int threads) {
+  toga::set_threads(threads);
+  torch::NoGradGuard ng;
+  const auto x = torch::randn({m, s.k}), w = torch::randn({s.n, s.k});
+  double wall = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    auto y = m == 1 ? torch::mv(w, x.reshape({-1})) : torch::linear(x, w);
+    benchmark::DoNotOptimize(y.data_ptr());
+    wall += std::chrono::duration<double>(Clock::now() - t0).count();
+    ++iters;
+  }
+  state.counters["GFLOP/s"] = 2.0 * double(m * s.n * s.k) * double(iters) / wall / 1e9;
+}
+
+std::vector<int> bench_threads() {
+  const char* env = std::getenv("TOGA_BENCH_THREADS");
+  std::stringstream ss(env && *env ? env : "1,2");
+  std::vector<int> out;
+  for (std::string t; std::getline(ss, t, ',');) out.push_back(std::stoi(t));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int t : bench_threads()) {
+    if (toga::rt::cpu_info().avx512vnni)
+      benchmark::RegisterBenchmark(fmt::format("peak/vnni/threads:{}", t).c_str(), BM_VnniPeak, t)->Iterations(3)->UseRealTime();
+    for (const Shape& s : kShapes)
+      for (int64_t m : {1, 16, 512}) {
+        if (s.k >= 4096 && m == 512 && t == 1) continue;  // minutes per call on one thread
+        benchmark::RegisterBenchmark(fmt::format("qgemm/{}/M:{}/threads:{}", s.name, m, t).c_str(), BM_Qgemm, s, m, t)
+            ->UseRealTime()->MinTime(0.2);
+        benchmark::RegisterBenchmark(fmt::format("torch_fp32/{}/M:{}/threads:{}", s.name, m, t).c_str(), BM_TorchFp32, s, m, t)
+            ->UseRealTime()->MinTime(0.2);
+      }
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+}
