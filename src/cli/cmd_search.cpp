@@ -122,8 +122,8 @@ void register_search(CLI::App& app) {
   auto* lambda = cmd->add_option("--lambda", f->search.lambda, "weight of the budget term (prune: 16)")->capture_default_str();
   auto* tau = cmd->add_option("--tau", f->search.tau, "Gumbel-Sigmoid temperature (prune: 0.4)")->capture_default_str();
   cmd->add_option("--sampling", f->sampling,
-                  "ste (hard straight-through masks everywhere) | disp (soft masks in the forward, a hard draw for the budget); "
-                  "default: ste, disp for prune");
+                  "ste (hard straight-through masks everywhere) | disp (soft masks in the forward, a hard draw for the budget) | "
+                  "hybrid (soft pruning masks, straight-through precision masks); default: ste for quant, disp for joint and prune");
   cmd->add_option("--lr", f->search.lr, "AdamW learning rate of the hypernetwork")->capture_default_str();
   cmd->add_option("--init-logit", f->search.init_logit, "prior logit magnitude (the search starts at the budget)")->capture_default_str();
   cmd->add_option("--order-windows", f->order_windows, "windows (of --seqlen) for the mean-|x| channel order")->capture_default_str();
@@ -144,9 +144,11 @@ void register_search(CLI::App& app) {
     const bool quant = f->mode != "prune", prune = f->mode != "quant";
     if (f->search.fixed_sparsity >= 0 && f->mode != "joint") fail("--fixed-sparsity is for --mode joint");
     if (f->budget_unit.empty()) f->budget_unit = f->mode == "quant" ? "bits" : "fp16";
-    if (f->sampling.empty()) f->sampling = f->mode == "prune" ? "disp" : "ste";
-    if (f->sampling != "ste" && f->sampling != "disp") fail("--sampling must be ste or disp, got '{}'", f->sampling);
-    f->search.soft_forward = f->sampling == "disp";
+    // TOGA-q's measured default is ste; with pruning masks, soft masks in the forward (docs/SEARCH.md).
+    if (f->sampling.empty()) f->sampling = f->mode == "quant" ? "ste" : "disp";
+    if (f->sampling != "ste" && f->sampling != "disp" && f->sampling != "hybrid")
+      fail("--sampling must be ste, disp or hybrid, got '{}'", f->sampling);
+    f->search.sampling = f->sampling;
     if (f->mode == "prune") {  // DISP-LLM's recipe (../shared/docs/RECIPES.md) unless told otherwise
       if (lambda->count() == 0) f->search.lambda = 16.0;
       if (tau->count() == 0) f->search.tau = 0.4;

@@ -41,6 +41,11 @@ std::vector<Tensor> HypernetImpl::forward() {
   return logits;
 }
 
+Tensor straight_through_hard(const Tensor& soft) {
+  // hard + (soft − soft.detach()): the added term is exactly zero, so the values stay {0, 1}.
+  return (soft > 0.5).to(soft.scalar_type()) + (soft - soft.detach());
+}
+
 std::vector<Tensor> sample_masks(const std::vector<Tensor>& logits, const MaskSampling& s) {
   if (!(s.tau > 0)) fail("Gumbel-Sigmoid temperature must be positive, got {}", s.tau);
   auto gen = at::detail::createCPUGenerator(s.seed);
@@ -52,8 +57,7 @@ std::vector<Tensor> sample_masks(const std::vector<Tensor>& logits, const MaskSa
       z = l + (torch::log(u) - torch::log1p(-u)).to(l.scalar_type()).to(l.device());
     }
     const Tensor soft = torch::sigmoid(z / s.tau);
-    // hard + (soft − soft.detach()): the added term is exactly zero, so the values stay {0, 1}.
-    masks.push_back(s.hard ? (soft > 0.5).to(soft.scalar_type()) + (soft - soft.detach()) : soft);
+    masks.push_back(s.hard ? straight_through_hard(soft) : soft);
   }
   return masks;
 }

@@ -39,7 +39,10 @@ struct MaskSampling {
   uint64_t seed = 0;
 };
 
-// m = sigmoid((logit + g) / tau), g = log u − log(1 − u); hard: 1[m > 0.5] forward, dm backward.
+// 1[m > 0.5] in the forward, the gradient of m backward (straight through).
+torch::Tensor straight_through_hard(const torch::Tensor& soft);
+
+// m = sigmoid((logit + g) / tau), g = log u − log(1 − u); hard: straight_through_hard(m).
 std::vector<torch::Tensor> sample_masks(const std::vector<torch::Tensor>& logits, const MaskSampling& s);
 
 }  // namespace toga

@@ -18,7 +18,7 @@ namespace toga {
 using torch::Tensor;
 
 nlohmann::json SearchOptions::to_json() const {
-  nlohmann::json j = {{"budget", budget}, {"lambda", lambda}, {"tau", tau}, {"soft_forward", soft_forward}, {"lr", lr},
+  nlohmann::json j = {{"budget", budget}, {"lambda", lambda}, {"tau", tau}, {"sampling", sampling}, {"lr", lr},
                       {"weight_decay", weight_decay}, {"init_logit", init_logit}, {"steps", steps},
                       {"batch", batch}, {"seqlen", seqlen}, {"seed", seed}};
   if (fixed_sparsity >= 0) j["fixed_sparsity"] = fixed_sparsity;
@@ -150,6 +150,8 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
   const auto& groups = net.groups();
   const SupernetQuantizers& q = net.quantizers();
   if (o.steps < 0 || o.batch < 1 || o.seqlen < 2) fail("search needs steps >= 0, batch >= 1, seqlen >= 2");
+  if (o.sampling != "ste" && o.sampling != "disp" && o.sampling != "hybrid")
+    fail("mask sampling must be ste, disp or hybrid, got '{}'", o.sampling);
   SearchResult result;
   result.start = starting_point(groups, q, o.budget, o.fixed_sparsity);
   if (o.start_salient >= 0) result.start.salient_fraction = o.start_salient;
@@ -173,9 +175,13 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
     const auto ts = std::chrono::steady_clock::now();
     const Tensor ids = sample_calibration_windows(tokens, o.batch, o.seqlen, stream_seed(o.seed, step, 1)).to(model.device());
     const auto logits = hyper->forward();
-    const auto masks = sample_masks(logits, {o.tau, true, !o.soft_forward, stream_seed(o.seed, step, 2)});
-    // DISP-LLM: the budget sees an independent hard draw, the forward the soft masks.
-    const auto budget_masks = o.soft_forward ? sample_masks(logits, {o.tau, true, true, stream_seed(o.seed, step, 3)}) : masks;
+    // One Gumbel draw, soft or straight-through per group; with soft masks in the forward the budget
+    // sees an independent hard draw (DISP-LLM).
+    auto masks = sample_masks(logits, {o.tau, true, false, stream_seed(o.seed, step, 2)});
+    for (size_t i = 0; i < masks.size(); ++i)
+      if (o.sampling == "ste" || (o.sampling == "hybrid" && !groups[i].prune))
+        masks[i] = straight_through_hard(masks[i]);
+    const auto budget_masks = o.sampling == "ste" ? masks : sample_masks(logits, {o.tau, true, true, stream_seed(o.seed, step, 3)});
     net.set_masks(masks);
     const int64_t T = ids.size(1);
     const Tensor out = model.forward(ids).narrow(1, 0, T - 1).to(torch::kFloat32);

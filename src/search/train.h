@@ -25,9 +25,11 @@ struct SearchOptions {
   double fixed_sparsity = -1;   // ≥ 0: pin the pruned fraction of block-linear weights (TOGA-fixed-sparsity)
   double lambda = 5.0;
   double tau = 0.5;
-  // DISP-LLM's recipe: soft masks in the forward and an independent hard draw for the budget; else
-  // (TOGA) hard straight-through masks for both.
-  bool soft_forward = false;
+  // How sampled masks enter the forward: "ste" hard straight-through masks, also the budget's;
+  // "disp" (DISP-LLM's recipe) soft masks, the budget seeing an independent hard draw; "hybrid"
+  // soft pruning masks and hard straight-through precision masks, the budget an independent hard
+  // draw. docs/SEARCH.md has the measurements behind each mode's default.
+  std::string sampling = "ste";
   double lr = 1e-3;
   double weight_decay = 0.05;
   double init_logit = 3.0;

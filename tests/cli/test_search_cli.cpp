@@ -153,7 +153,7 @@ TEST(SearchCli, PruneSearchWritesAPrunedModelThatQuantizeCompresses) {
   ASSERT_EQ(r.code, 0) << r.output;
   const auto search = read_json(out + "/search.json");
   EXPECT_EQ(search["options"]["lambda"], 16.0);  // DISP-LLM's recipe
-  EXPECT_EQ(search["options"]["soft_forward"], true);
+  EXPECT_EQ(search["options"]["sampling"], "disp");
   const double kept = search["budget"]["kept_fraction"].get<double>();
   EXPECT_LE(kept, 0.5 + 1e-12);
   EXPECT_GT(kept, 0.49);

@@ -204,7 +204,7 @@ TEST(JointSearch, ResumedJointRunIsTheUninterruptedRun) {
     Supernet net(m, groups, q);
     SearchOptions o;
     o.budget = 0.15;
-    o.soft_forward = soft;
+    o.sampling = soft ? "disp" : "ste";
     o.steps = steps;
     o.seqlen = 16;
     o.lr = 0.02;
