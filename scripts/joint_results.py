@@ -30,23 +30,13 @@ import argparse
 import json
 import os
 
-from results_common import load, pyplot, run, write_section
+from results_common import ROOT, SEARCH_MODELS, load, pyplot, run, write_section
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 BEGIN, END = "<!-- joint:begin -->", "<!-- joint:end -->"
 
-MODELS = {
-    "smollm2": {"path": os.path.join(SHARED, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
-                "label": "SmolLM2-135M-Instruct", "seqlen": 2048, "ppl_windows": 32, "kld_windows": 4,
-                "calib": ["--calib", "16", "--calib-seqlen", "2048"], "data": []},
-    "stories260k": {"path": os.path.join(SHARED, "models/stories260K/stories260K.bin"), "label": "stories260K",
-                    "seqlen": 512, "ppl_windows": 64, "kld_windows": 64,
-                    "calib": ["--calib", "128", "--calib-seqlen", "512"],
-                    # A TinyStories model: evaluated in its domain (searched and calibrated on WikiText-2
-                    # validation, so the evaluation text is never seen before).
-                    "data": ["--dataset", "tinystories"]},
-}
+# stories260K is a TinyStories model: evaluated in its domain (searched and calibrated on WikiText-2
+# validation, so the evaluation text is never seen before).
+MODELS = {m: dict(spec, data=["--dataset", "tinystories"] if m == "stories260k" else []) for m, spec in SEARCH_MODELS.items()}
 
 ATOM_GROUPS = ["--group-size", "128", "--weight-clip", "0.85"]
 SETTINGS = {

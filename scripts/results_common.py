@@ -1,6 +1,20 @@
 """Helpers shared by the results scripts (quant_results.py, zero_shot_results.py, togaq_results.py, joint_results.py)."""
 import json
 import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+# The two models every search result is reported on, with their evaluation protocol: perplexity
+# over the first ppl_windows windows of seqlen, KLD over the first kld_windows, calibration flags.
+SEARCH_MODELS = {
+    "smollm2": {"path": os.path.join(SHARED, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+                "label": "SmolLM2-135M-Instruct", "seqlen": 2048, "ppl_windows": 32, "kld_windows": 4,
+                "calib": ["--calib", "16", "--calib-seqlen", "2048"]},
+    "stories260k": {"path": os.path.join(SHARED, "models/stories260K/stories260K.bin"), "label": "stories260K",
+                    "seqlen": 512, "ppl_windows": 64, "kld_windows": 64,
+                    "calib": ["--calib", "128", "--calib-seqlen", "512"]},
+}
 import subprocess
 import sys
 import time

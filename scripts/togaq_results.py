@@ -18,20 +18,11 @@ import argparse
 import json
 import os
 
-from results_common import load, pyplot, run, write_section
+from results_common import ROOT, SEARCH_MODELS, load, pyplot, run, write_section
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 BEGIN, END = "<!-- togaq:begin -->", "<!-- togaq:end -->"
 
-MODELS = {
-    "smollm2": {"path": os.path.join(SHARED, "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
-                "label": "SmolLM2-135M-Instruct", "seqlen": 2048, "ppl_windows": 32, "kld_windows": 4,
-                "calib": ["--calib", "16", "--calib-seqlen", "2048"]},
-    "stories260k": {"path": os.path.join(SHARED, "models/stories260K/stories260K.bin"), "label": "stories260K",
-                    "seqlen": 512, "ppl_windows": 64, "kld_windows": 64,
-                    "calib": ["--calib", "128", "--calib-seqlen", "512"]},
-}
+MODELS = SEARCH_MODELS
 
 # name -> (label, quantizer flags shared by both methods, fixed salient fraction). The Atom recipe's
 # quantizers (groups of 128, clips 0.85 / 0.9, INT8 salient, GPTQ, KV4 in the checkpoint).
