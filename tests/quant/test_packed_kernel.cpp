@@ -1,7 +1,7 @@
 // A quantized checkpoint on the packed integer kernels gives the logits of its fake-quant evaluation
 // (same codes, integer dot products instead of float ones): KLD ≤ 1e-4 on every kernel family this
 // CPU has, the max |Δlogit| reported. Weight-only and mismatched-group linears stay on the dense
-// fake-quant kernel, with the reason.
+// fake-quant kernel, with the reason. One block is pruned, as TOGA joint's checkpoints are.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -45,7 +45,13 @@ TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
   const torch::Tensor ids = torch::randint(c.vocab_size, {2, 24}, torch::kLong);
   QuantizeOptions o = find_recipe("atom").defaults();  // W4A4 g128 + 12.5 % INT8, GPTQ, KV4
   o.weight_low.group_size = o.act_low.group_size = 24;  // ragged: 56 low columns = 24 + 24 + 8
-  const auto report = apply_plan(m, uniform_plan(m, o, "atom"), calib, "test", false);
+  Plan plan = uniform_plan(m, o, "atom");
+  BlockPruning keep;  // a pruned block (TOGA joint's output) is smaller matrices with index lists
+  keep.attn_in = torch::arange(0, 64, 2, torch::kLong);
+  keep.mlp_inner = torch::arange(0, 96, 3, torch::kLong);
+  keep.mlp_out = torch::arange(8, 64, torch::kLong);
+  plan.blocks[1] = keep;
+  const auto report = apply_plan(m, plan, calib, "test", false);
   ScratchDir dir;
   save_quantized_checkpoint(dir / "q", m, report, DType::F32, {});
   const Checkpoint ck = open_checkpoint(dir / "q");
