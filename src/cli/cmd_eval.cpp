@@ -75,7 +75,7 @@ void register_eval(CLI::App& app) {
                             {"model", o->model},
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
-                            {"run", run_info(o->common)}};
+                            {"run", run_info(o->common, &lm.model)}};
         write_json(o->w.json, j, o->w.force);
       }
     });
@@ -157,7 +157,7 @@ void register_eval(CLI::App& app) {
                             {"base_kv_bits", o->base_kv_bits},
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
-                            {"run", run_info(o->common)}};
+                            {"run", run_info(o->common, &lm.model)}};
         write_json(o->w.json, j, o->w.force);
       }
     });

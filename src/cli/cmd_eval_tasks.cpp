@@ -218,7 +218,7 @@ void register_eval_tasks(CLI::App* eval) {
         for (const auto& line : item_records(task, r)) dump += line.dump() + "\n";
     }
     results["average"] = average_of(results["tasks"]);
-    results["run"] = run_info(o->common);
+    results["run"] = run_info(o->common, &lm.model);
     print_table(results);
     if (!o->json.empty()) write_json(o->json, results, o->force);
     if (!o->dump_items.empty()) {

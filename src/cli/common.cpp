@@ -92,11 +92,19 @@ std::vector<int> tokenize_for_eval(const Tokenizer& tok, const std::string& text
   return ids;
 }
 
-nlohmann::json run_info(const CommonOptions& o) {
+nlohmann::json run_info(const CommonOptions& o, const Model* model) {
   char when[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  return {{"toga_version", TOGA_VERSION}, {"threads", at::get_num_threads()}, {"dtype", o.dtype}, {"date", when}};
+  nlohmann::json j = {{"toga_version", TOGA_VERSION}, {"threads", at::get_num_threads()}, {"dtype", o.dtype}, {"date", when}};
+  if (model) {
+    std::map<std::string, int> kernels;
+    auto count = [&](const LinearSite& s) { ++kernels[s.kernel ? s.kernel->name() : "dense"]; };
+    for (const LinearSite* s : model->block_sites()) count(*s);
+    count(model->lm_head);
+    j["linear_kernels"] = kernels;
+  }
+  return j;
 }
 
 void write_json(const std::string& path, const nlohmann::json& j, bool force) {

@@ -51,7 +51,9 @@ EvalText load_eval_text(const std::string& dataset);
 // Tokens of an evaluation text with the model's BOS once at the start when its tokenizer adds one.
 std::vector<int> tokenize_for_eval(const Tokenizer& tok, const std::string& text);
 
-nlohmann::json run_info(const CommonOptions& o);
+// Version, threads, dtype, date; with a model, also which kernels its linear layers ran on
+// ({"packed-avx512vnni": 210, "dense": 1}): a measured number says which path made it.
+nlohmann::json run_info(const CommonOptions& o, const Model* model = nullptr);
 // Writes JSON atomically (and prints where) to a new path, or with `force` over an existing file.
 void write_json(const std::string& path, const nlohmann::json& j, bool force);
 

@@ -38,6 +38,17 @@ TEST(QuantizeCli, AtomDefaultsYieldToEveryFlagGiven) {
   EXPECT_EQ(qc.at("layers").at(site).at("act_low").at("bits"), 4);
   EXPECT_EQ(qc.at("kv_cache_scheme").at("num_bits"), 4);
   EXPECT_EQ(qc.at("layers").at(site).at("salient"), 8);  // 12.5% of 64
+  // The verbs run its W4A4 + INT8 linears on the packed kernels, --fake-quant on the reference path,
+  // and the result JSON says which ran (35 block linears + lm_head).
+  for (const std::string mode : {"", " --fake-quant"}) {
+    const std::string json = dir / ("ppl" + std::to_string(mode.size()) + ".json");
+    ASSERT_EQ(run_toga("eval ppl " + dir / "atom" + " --dataset tinystories --max-windows 2 --threads 1 --json " + json + mode).code, 0);
+    const auto kernels = nlohmann::json::parse(read_text_file(json)).at("run").at("linear_kernels");
+    int packed = 0, dense = 0;
+    for (const auto& [name, n] : kernels.items()) (name.rfind("packed-", 0) == 0 ? packed : dense) += n.get<int>();
+    EXPECT_EQ(packed, mode.empty() ? 35 : 0) << kernels.dump();
+    EXPECT_EQ(dense, mode.empty() ? 1 : 36) << kernels.dump();
+  }
 
   // Flags equal to toga's generic defaults still count: the user asked for them.
   ASSERT_EQ(run_toga("quantize " + stories260k_path() + " " + dir / "given" +
