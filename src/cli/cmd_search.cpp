@@ -38,17 +38,6 @@ struct SearchFlags : QuantizeFlags {
   std::string select = "order";
 };
 
-double full_linear_weights(const std::vector<MaskGroup>& groups) {
-  std::map<std::string, double> sizes;
-  for (const auto& g : groups) {
-    for (size_t k = 0; k < g.sites.size(); ++k) sizes[g.sites[k]] = double(g.site_rows[k]) * double(g.channels);
-    for (size_t k = 0; k < g.writers.size(); ++k) sizes[g.writers[k]] = double(g.channels) * double(g.writer_cols[k]);
-  }
-  double n = 0;
-  for (const auto& [name, size] : sizes) n += size;
-  return n;
-}
-
 nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>& groups, const SupernetQuantizers& q,
                              const std::vector<torch::Tensor>& masks, const nlohmann::json& salient_sets,
                              const SearchResult& r) {
@@ -86,7 +75,7 @@ nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>&
                       {"realized_bits", kept > 0 ? 16 * realized / kept : 0.0},
                       {"kept_fraction", kept},
                       {"sparsity", 1 - kept},
-                      {"fp16_linear_bytes", 2 * full_linear_weights(groups)},
+                      {"fp16_linear_bytes", 2 * linear_weights(site_masks(groups))},
                       {"start", {{"salient_fraction", r.start.salient_fraction}, {"keep_fraction", r.start.keep_fraction}}}}},
           {"quantizers", {{"weight_low", quant_spec_to_json(q.weight_low)},
                           {"weight_high", quant_spec_to_json(q.weight_high)},

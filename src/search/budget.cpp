@@ -12,53 +12,12 @@ using torch::Tensor;
 
 namespace {
 
-// One block linear as the budget sees it: its shape and the groups that mask it.
-struct SiteCost {
-  std::string name;
-  int64_t rows = 0, cols = 0;
-  int quant = -1;  // precision group over its input columns (order space)
-  int in = -1;     // pruning group over its input columns (source numbering)
-  int out = -1;    // pruning group over its output rows
-};
-
-std::vector<SiteCost> site_costs(const std::vector<MaskGroup>& groups) {
-  std::vector<SiteCost> sites;
-  std::map<std::string, size_t> index;
-  auto at = [&](const std::string& name) -> SiteCost& {
-    auto [it, added] = index.emplace(name, sites.size());
-    if (added) sites.push_back(SiteCost{name});
-    return sites[it->second];
-  };
-  for (size_t i = 0; i < groups.size(); ++i) {
-    const MaskGroup& g = groups[i];
-    for (size_t k = 0; k < g.sites.size(); ++k) {
-      SiteCost& s = at(g.sites[k]);
-      s.rows = g.site_rows.at(k);
-      s.cols = g.channels;
-      (g.prune ? s.in : s.quant) = int(i);
-    }
-    for (size_t k = 0; k < g.writers.size(); ++k) {
-      SiteCost& s = at(g.writers[k]);
-      s.rows = g.channels;
-      s.cols = g.writer_cols.at(k);
-      s.out = int(i);
-    }
-  }
-  return sites;
-}
-
-double full_weights(const std::vector<SiteCost>& sites) {
-  double n = 0;
-  for (const auto& s : sites) n += double(s.rows) * double(s.cols);
-  return n;
-}
-
 void check_masks(const std::vector<MaskGroup>& groups, const std::vector<Tensor>& masks) {
   if (masks.size() != groups.size()) fail("{} masks for {} mask groups", masks.size(), groups.size());
 }
 
 // Kept rows and Σ over kept columns of bits (or of 1 when `count_only`), per site, differentiable.
-Tensor site_sum(const SiteCost& s, const std::vector<MaskGroup>& groups, const std::vector<Tensor>& masks,
+Tensor site_sum(const SiteMasks& s, const std::vector<MaskGroup>& groups, const std::vector<Tensor>& masks,
                 const SupernetQuantizers& q, bool count_only) {
   // The hypernetwork's masks live on the CPU; the budget is a float64 scalar there.
   const auto f64 = [](const Tensor& t) { return t.to(torch::kFloat64).cpu(); };
@@ -84,18 +43,18 @@ Tensor site_sum(const SiteCost& s, const std::vector<MaskGroup>& groups, const s
 
 Tensor compressed_fraction(const std::vector<MaskGroup>& groups, const std::vector<Tensor>& masks, const SupernetQuantizers& q) {
   check_masks(groups, masks);
-  const auto sites = site_costs(groups);
+  const auto sites = site_masks(groups);
   Tensor bits = torch::zeros({}, torch::kFloat64);
   for (const auto& s : sites) bits = bits + site_sum(s, groups, masks, q, false);
-  return bits / (16.0 * full_weights(sites));
+  return bits / (16.0 * linear_weights(sites));
 }
 
 Tensor kept_fraction(const std::vector<MaskGroup>& groups, const std::vector<Tensor>& masks) {
   check_masks(groups, masks);
-  const auto sites = site_costs(groups);
+  const auto sites = site_masks(groups);
   Tensor kept = torch::zeros({}, torch::kFloat64);
   for (const auto& s : sites) kept = kept + site_sum(s, groups, masks, {}, true);
-  return kept / full_weights(sites);
+  return kept / linear_weights(sites);
 }
 
 Tensor weight_bits(const std::vector<MaskGroup>& groups, const std::vector<Tensor>& masks, const SupernetQuantizers& q) {
@@ -103,14 +62,14 @@ Tensor weight_bits(const std::vector<MaskGroup>& groups, const std::vector<Tenso
 }
 
 std::pair<double, double> budget_range(const std::vector<MaskGroup>& groups, const SupernetQuantizers& q) {
-  const auto sites = site_costs(groups);
+  const auto sites = site_masks(groups);
   double least = 0, most = 0;
   for (const auto& s : sites) {
     const double rows = s.out >= 0 ? 1.0 : double(s.rows), cols = s.in >= 0 ? 1.0 : double(s.cols);
     least += rows * cols * (s.quant >= 0 ? q.weight_low.bits : 16.0);
     most += double(s.rows) * double(s.cols) * (s.quant >= 0 ? q.weight_high.bits : 16.0);
   }
-  const double capacity = 16.0 * full_weights(sites);
+  const double capacity = 16.0 * linear_weights(sites);
   return {least / capacity, most / capacity};
 }
 
@@ -127,7 +86,7 @@ namespace {
 class BudgetCounter {
  public:
   BudgetCounter(const std::vector<MaskGroup>& groups, const SupernetQuantizers& q, std::vector<std::vector<char>>& on)
-      : groups_(groups), on_(on), sites_(site_costs(groups)), lb_(q.weight_low.bits), hb_(q.weight_high.bits) {
+      : groups_(groups), on_(on), sites_(site_masks(groups)), lb_(q.weight_low.bits), hb_(q.weight_high.bits) {
     readers_.resize(groups.size());
     writers_.resize(groups.size());
     for (size_t s = 0; s < sites_.size(); ++s) {
@@ -148,13 +107,13 @@ class BudgetCounter {
     rows_.assign(sites_.size(), 0);
     colterm_.assign(sites_.size(), 0);
     for (size_t s = 0; s < sites_.size(); ++s) {
-      const SiteCost& c = sites_[s];
+      const SiteMasks& c = sites_[s];
       if (c.out >= 0) for (char k : on_[c.out]) rows_[s] += k;
       else rows_[s] = double(c.rows);
       for (int64_t src = 0; src < c.cols; ++src) colterm_[s] += column_bits(c, src);
       total_ += rows_[s] * colterm_[s];
     }
-    capacity_ = 16.0 * full_weights(sites_);
+    capacity_ = 16.0 * linear_weights(sites_);
   }
 
   double fraction() const { return total_ / capacity_; }
@@ -200,16 +159,16 @@ class BudgetCounter {
 
  private:
   // Bits of source column `src` of a site if it is kept (its precision), ignoring its own pruning.
-  double bits_of(const SiteCost& c, int64_t src) const {
+  double bits_of(const SiteMasks& c, int64_t src) const {
     if (c.quant < 0) return 16.0;
     return on_[c.quant][position_[c.quant][src]] ? hb_ : lb_;
   }
-  double kept_column(const SiteCost& c, int64_t src) const { return c.in >= 0 ? double(on_[c.in][src]) : 1.0; }
-  double column_bits(const SiteCost& c, int64_t src) const { return kept_column(c, src) * bits_of(c, src); }
+  double kept_column(const SiteMasks& c, int64_t src) const { return c.in >= 0 ? double(on_[c.in][src]) : 1.0; }
+  double column_bits(const SiteMasks& c, int64_t src) const { return kept_column(c, src) * bits_of(c, src); }
 
   const std::vector<MaskGroup>& groups_;
   std::vector<std::vector<char>>& on_;
-  std::vector<SiteCost> sites_;
+  std::vector<SiteMasks> sites_;
   double lb_, hb_;
   std::vector<std::vector<size_t>> readers_, writers_;
   std::vector<std::vector<int64_t>> position_, order_;

@@ -18,22 +18,44 @@ void require_plain(const LinearSite& s) {
     fail("site '{}' already reads or writes a subset or permutation of its channels: search a plain model", s.name);
 }
 
-// Site name → index of the pruning group that masks its input columns (readers) or output rows
-// (writers).
-std::map<std::string, int> pruning_readers(const std::vector<MaskGroup>& groups) {
-  std::map<std::string, int> in;
-  for (size_t i = 0; i < groups.size(); ++i)
-    if (groups[i].prune)
-      for (const auto& s : groups[i].sites) in[s] = int(i);
-  return in;
-}
-
 std::vector<int64_t> to_vector(const Tensor& t) {
   const Tensor c = t.to(torch::kLong).cpu().contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
 }  // namespace
+
+std::vector<SiteMasks> site_masks(const std::vector<MaskGroup>& groups) {
+  std::vector<SiteMasks> sites;
+  std::map<std::string, size_t> index;
+  auto at = [&](const std::string& name) -> SiteMasks& {
+    auto [it, added] = index.emplace(name, sites.size());
+    if (added) sites.push_back(SiteMasks{name});
+    return sites[it->second];
+  };
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const MaskGroup& g = groups[i];
+    for (size_t k = 0; k < g.sites.size(); ++k) {
+      SiteMasks& s = at(g.sites[k]);
+      s.rows = g.site_rows.at(k);
+      s.cols = g.channels;
+      (g.prune ? s.in : s.quant) = int(i);
+    }
+    for (size_t k = 0; k < g.writers.size(); ++k) {
+      SiteMasks& s = at(g.writers[k]);
+      s.rows = g.channels;
+      s.cols = g.writer_cols.at(k);
+      s.out = int(i);
+    }
+  }
+  return sites;
+}
+
+double linear_weights(const std::vector<SiteMasks>& sites) {
+  double n = 0;
+  for (const auto& s : sites) n += double(s.rows) * double(s.cols);
+  return n;
+}
 
 std::vector<MaskGroup> quant_mask_groups(const Model& model) {
   std::vector<MaskGroup> groups;
@@ -142,11 +164,11 @@ std::vector<Tensor> fixed_fraction_masks(const std::vector<MaskGroup>& groups, d
 
 Supernet::Supernet(Model& model, std::vector<MaskGroup> groups, SupernetQuantizers q)
     : groups_(std::move(groups)), q_(q), masks_(std::make_shared<std::vector<Tensor>>(groups_.size())) {
-  const auto readers = pruning_readers(groups_);
-  std::map<std::string, int> writers;
-  for (size_t i = 0; i < groups_.size(); ++i)
-    if (groups_[i].prune)
-      for (const auto& s : groups_[i].writers) writers[s] = int(i);
+  std::map<std::string, int> pruned_input;  // site → the pruning group over its input columns
+  for (const SiteMasks& m : site_masks(groups_)) {
+    if (m.in >= 0) pruned_input[m.name] = m.in;
+    if (m.in >= 0 || m.out >= 0) pruned_.push_back({&model.site(m.name), m.in, m.out});
+  }
   for (size_t i = 0; i < groups_.size(); ++i) {
     const MaskGroup& g = groups_[i];
     if (g.prune) continue;
@@ -158,7 +180,7 @@ Supernet::Supernet(Model& model, std::vector<MaskGroup> groups, SupernetQuantize
       s.in_index = order;
       const auto masks = masks_;
       const SupernetQuantizers qs = q_;
-      const int pruned_by = readers.count(name) ? readers.at(name) : -1;
+      const int pruned_by = pruned_input.count(name) ? pruned_input.at(name) : -1;
       // Pruned columns are zero before the quantizers see them, so scales come from what is kept
       // (the detached mask: the gradient reaches it through the masked input instead).
       s.custom_weight = [masks, i, qs, pruned_by, order](const Tensor& w) {
@@ -170,10 +192,6 @@ Supernet::Supernet(Model& model, std::vector<MaskGroup> groups, SupernetQuantize
           return fake_quantize_masked(x, (*masks)[i], qs.act_low, qs.act_high).to(x.scalar_type());
         };
     }
-  }
-  for (LinearSite* s : model.block_sites()) {
-    Pruned p{s, readers.count(s->name) ? readers.at(s->name) : -1, writers.count(s->name) ? writers.at(s->name) : -1};
-    if (p.in >= 0 || p.out >= 0) pruned_.push_back(p);
   }
 }
 
@@ -197,15 +215,17 @@ void Supernet::set_masks(std::vector<Tensor> masks) {
 }
 
 nlohmann::json salient_sets_json(const std::vector<Tensor>& masks, const std::vector<MaskGroup>& groups) {
-  const auto readers = pruning_readers(groups);
+  std::map<std::string, int> pruned_input;
+  for (const SiteMasks& m : site_masks(groups))
+    if (m.in >= 0) pruned_input[m.name] = m.in;
   nlohmann::json out = nlohmann::json::object();
   for (size_t i = 0; i < groups.size(); ++i) {
     if (groups[i].prune) continue;
     const MaskGroup& g = groups[i];
     Tensor salient = torch::zeros({g.channels}, torch::kBool);
     salient.index_put_({g.order.cpu()}, masks[i].cpu() > 0.5);  // order space → source numbering
-    const auto pruned = readers.find(g.sites.front());
-    if (pruned != readers.end()) salient = salient & (masks[pruned->second].cpu() > 0.5);
+    const auto pruned = pruned_input.find(g.sites.front());
+    if (pruned != pruned_input.end()) salient = salient & (masks[pruned->second].cpu() > 0.5);
     const auto channels = to_vector(torch::nonzero(salient).flatten());
     for (const auto& site : g.sites) out[site] = {{"salient", channels}};
   }

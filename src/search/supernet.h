@@ -40,6 +40,18 @@ struct MaskGroup {
   torch::Tensor order;
 };
 
+// One block linear and the masks over it, as the groups say: its precision group (input columns,
+// order space), the pruning group over its input columns and the one over its output rows (−1: none).
+// The one mapping from groups to sites: the supernet attaches by it, the budget counts by it.
+struct SiteMasks {
+  std::string name;
+  int64_t rows = 0, cols = 0;
+  int quant = -1, in = -1, out = -1;
+};
+std::vector<SiteMasks> site_masks(const std::vector<MaskGroup>& groups);
+// Σ rows·cols of the sites: the weights of the block linears the groups cover.
+double linear_weights(const std::vector<SiteMasks>& sites);
+
 // Precision groups of every block in layer order (attn_in, o_in, mlp_in, down_in), orders undefined.
 std::vector<MaskGroup> quant_mask_groups(const Model& model);
 // Pruning groups of every block in layer order (P1..P5), orders undefined.
