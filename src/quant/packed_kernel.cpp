@@ -1,6 +1,7 @@
 #include "quant/packed_kernel.h"
 
 #include "runtime/qgemm.h"
+#include "runtime/wgemm.h"
 #include "util/error.h"
 
 namespace toga {
@@ -33,6 +34,37 @@ class PackedKernel final : public LinearKernel {
   rt::Isa isa_;
 };
 
+// Weight-only (activations stay float): the codes dequantized in registers, runtime/wgemm.h.
+class PackedWeightOnlyKernel final : public LinearKernel {
+ public:
+  PackedWeightOnlyKernel(rt::PackedWeight w, rt::Isa isa) : w_(std::move(w)), isa_(isa) {}
+  std::string name() const override { return std::string("packed-weight-only-") + rt::isa_name(isa_); }
+
+  torch::Tensor apply(const LinearSite& site, const torch::Tensor& x) const override {
+    if (x.requires_grad()) fail("site '{}': the packed kernel has no backward (load with --fake-quant)", site.name);
+    const auto shape = x.sizes().vec();
+    const torch::Tensor xf = x.detach().to(torch::kCPU, torch::kFloat32).contiguous().reshape({-1, w_.cols});
+    torch::Tensor y = torch::empty({xf.size(0), w_.rows}, torch::kFloat32);
+    rt::wgemm(xf.data_ptr<float>(), xf.size(0), w_, y.data_ptr<float>(), isa_);
+    if (site.bias.defined()) y += site.bias.to(torch::kFloat32);
+    auto out_shape = shape;
+    out_shape.back() = w_.rows;
+    return y.reshape(out_shape).to(x.device(), x.scalar_type());
+  }
+
+ private:
+  rt::PackedWeight w_;
+  rt::Isa isa_;
+};
+
+rt::PackedWeight pack(const QuantizedLinear& q, const std::vector<rt::ColumnBlock>& blocks) {
+  const torch::Tensor codes = q.weight.codes.to(torch::kCPU, torch::kInt8).contiguous();
+  const torch::Tensor scales = q.weight.scales.to(torch::kCPU, torch::kFloat32).contiguous();
+  const torch::Tensor zeros = q.weight.zeros.to(torch::kCPU, torch::kFloat32).contiguous();
+  return rt::pack_weight(codes.data_ptr<int8_t>(), scales.data_ptr<float>(), zeros.data_ptr<float>(), codes.size(0),
+                         codes.size(1), blocks);
+}
+
 }  // namespace
 
 std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q, const LinearSite& site, std::string* why_not) {
@@ -42,9 +74,18 @@ std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q,
   };
   if (site.custom_input || site.custom_weight || site.custom_output) return no("the site has custom functions");
   if (site.weight.device() != torch::kCPU) return no("the packed kernels run on the CPU");
-  const int64_t in = q.weight.codes.size(1), out = q.weight.codes.size(0);
+  const int64_t in = q.weight.codes.size(1);
+  const bool weight_only = !q.act_low.quantized() && (q.salient == 0 || !q.act_high.quantized());
+  if (weight_only) {
+    std::vector<rt::ColumnBlock> blocks;
+    for (const ColumnGroup& g : q.weight.groups) {
+      if (g.bits > 8) return no("16-bit weight columns");
+      blocks.push_back({g.col_begin, g.col_end, rt::container_bits(g.bits)});
+    }
+    return std::make_shared<PackedWeightOnlyKernel>(pack(q, blocks), rt::selected_isa());
+  }
   if (!q.act_low.quantized() || (q.salient > 0 && !q.act_high.quantized()))
-    return no("weight-only: the packed weight-only kernels are not there yet");
+    return no("activations quantized in one partition only");
   const auto act_groups = column_groups(in, q.salient, q.act_low, q.act_high);
   if (act_groups.size() != q.weight.groups.size()) return no("weight and activation groups differ");
   std::vector<rt::ColumnBlock> blocks;
@@ -59,10 +100,8 @@ std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q,
     blocks.push_back({wg.col_begin, wg.col_end, wg.bits});
     aq.clip.push_back(as.clip_ratio);
   }
-  const torch::Tensor codes = q.weight.codes.to(torch::kCPU, torch::kInt8).contiguous();
-  const torch::Tensor scales = q.weight.scales.to(torch::kCPU, torch::kFloat32).contiguous();
-  const torch::Tensor zeros = q.weight.zeros.to(torch::kCPU, torch::kFloat32).contiguous();
-  rt::PackedWeight w = rt::pack_weight(codes.data_ptr<int8_t>(), scales.data_ptr<float>(), zeros.data_ptr<float>(), out, in, blocks);
+  rt::PackedWeight w = pack(q, blocks);
+  if (!w.integer_zeros) return no("fractional weight zero points");
   return std::make_shared<PackedKernel>(std::move(w), std::move(aq), rt::selected_isa());
 }
 

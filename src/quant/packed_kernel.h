@@ -1,7 +1,8 @@
-// The packed integer kernel in the kernel slot: a weight-activation quantized linear (INT4 / INT8
+// The packed kernels in the kernel slot. A weight-activation quantized linear (INT4 / INT8
 // partitions whose weight groups are also its activation groups: W4A4, W8A8, Atom's INT4 + INT8
 // salient) runs on runtime/qgemm.h — activations quantized per token by the kernel itself, integer
-// dot products, no float weight touched. Everything else stays on the dense fake-quant kernel.
+// dot products, no float weight touched. A weight-only one (any code width up to 8, binary + INT4
+// salient included) runs on runtime/wgemm.h. Everything else stays on the dense fake-quant kernel.
 #pragma once
 
 #include <memory>

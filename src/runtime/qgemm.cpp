@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "util/error.h"
 
@@ -12,9 +13,18 @@ namespace {
 constexpr int64_t kPanel = 16;
 constexpr double kSymmetricTieBreak = 1.0 + 1.0 / 65536;  // as quant/quantizer.cpp
 
-int64_t line_columns(int bits) { return bits == 4 ? 8 : 4; }
+void check_integer_layout(const PackedWeight& w) {
+  for (const ColumnBlock& b : w.blocks)
+    if (b.bits != 4 && b.bits != 8) fail("the integer GEMM takes 4- and 8-bit blocks, the weight has a {}-bit one", b.bits);
+  if (!w.integer_zeros) fail("the integer GEMM needs integer zero points");
+}
 
 }  // namespace
+
+int container_bits(int bits) {
+  if (bits < 1 || bits > 8) fail("no packed container for {}-bit codes", bits);
+  return bits <= 2 ? bits : bits <= 4 ? 4 : 8;
+}
 
 // The AVX-512 VNNI kernel (qgemm_avx512.cpp).
 void qgemm_avx512vnni(const QuantizedActivations& x, const PackedWeight& w, float* y);
@@ -29,7 +39,8 @@ PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* 
   int64_t expect = 0;
   for (const auto& b : blocks) {
     if (b.begin != expect || b.end <= b.begin || b.end > cols) fail("column blocks must tile [0, {}) in order", cols);
-    if (b.bits != 4 && b.bits != 8) fail("the packed integer kernels take 4- or 8-bit blocks, got {}", b.bits);
+    if (b.bits != 1 && b.bits != 2 && b.bits != 4 && b.bits != 8)
+      fail("packed blocks are stored in 1-, 2-, 4- or 8-bit containers, got {}", b.bits);
     expect = b.end;
     const int64_t line = line_columns(b.bits);
     const int64_t padded = (b.end - b.begin + line - 1) / line * line;
@@ -43,18 +54,22 @@ PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* 
   const int64_t nb = int64_t(blocks.size()), prow = p.panels * kPanel;
   p.data.assign(size_t(p.panels * p.panel_bytes), 0);
   p.scales.assign(size_t(nb * prow), 0.0f);
+  p.zero_offset.assign(size_t(nb * prow), 0.0f);
   p.code_offset.assign(size_t(nb * prow), 0);
   for (int64_t bi = 0; bi < nb; ++bi) {
     const ColumnBlock& b = blocks[size_t(bi)];
-    const int lo = -(1 << (b.bits - 1)), hi = (1 << (b.bits - 1)) - 1, offset = 1 << (b.bits - 1);
+    const int lo = container_code_min(b.bits), hi = lo + (1 << b.bits) - 1, offset = -lo;
     const int64_t line = line_columns(b.bits);
     for (int64_t n = 0; n < prow; ++n) {
+      p.zero_offset[size_t(bi * prow + n)] = float(offset);
       p.code_offset[size_t(bi * prow + n)] = offset;
       if (n < rows) {
-        const float z = zeros[n * nb + bi];
-        if (z != std::nearbyint(z) || std::fabs(z) > 256) fail("zero point {} of row {} is not a small integer", z, n);
-        p.scales[size_t(bi * prow + n)] = scales[n * nb + bi];
-        p.code_offset[size_t(bi * prow + n)] = offset + int32_t(z);
+        const float z = zeros[n * nb + bi], s = scales[n * nb + bi];
+        if (!std::isfinite(z) || !std::isfinite(s)) fail("row {} has a non-finite scale or zero point", n);
+        p.scales[size_t(bi * prow + n)] = s;
+        p.zero_offset[size_t(bi * prow + n)] = float(offset) + z;
+        if (z == std::nearbyint(z) && std::fabs(z) <= 256) p.code_offset[size_t(bi * prow + n)] = offset + int32_t(z);
+        else p.integer_zeros = false;
       }
       uint8_t* panel = p.data.data() + (n / kPanel) * p.panel_bytes + p.panel_offset_of_block[size_t(bi)];
       for (int64_t j = 0; j < p.padded[size_t(bi)]; ++j) {
@@ -64,12 +79,13 @@ PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* 
           c = codes[n * cols + k];
           if (c < lo || c > hi) fail("weight code {} at ({}, {}) is outside the {}-bit range", c, n, k, b.bits);
         }
-        const unsigned u = unsigned(c + offset);
-        const int64_t step = j / line, in_line = j % line;
-        uint8_t* byte = panel + step * 64 + (n % kPanel) * 4;
-        if (b.bits == 8) byte[in_line] = uint8_t(u);
-        else if (in_line < 4) byte[in_line] = uint8_t((byte[in_line] & 0xF0) | u);
-        else byte[in_line - 4] = uint8_t((byte[in_line - 4] & 0x0F) | (u << 4));
+        const uint32_t u = uint32_t(c + offset);
+        const int64_t step = j / line;
+        uint8_t* word_at = panel + step * 64 + (n % kPanel) * 4;
+        uint32_t word;
+        std::memcpy(&word, word_at, 4);
+        word |= u << column_shift(b.bits, j % line);
+        std::memcpy(word_at, &word, 4);
       }
     }
   }
@@ -78,6 +94,7 @@ PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* 
 
 void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w, const ActivationQuant& q,
                           QuantizedActivations& out) {
+  check_integer_layout(w);
   const int64_t nb = int64_t(w.blocks.size());
   if (int64_t(q.clip.size()) != nb) fail("{} activation clip ratios for {} column blocks", q.clip.size(), nb);
   out.tokens = tokens;
@@ -152,6 +169,7 @@ void qgemm_scalar(const QuantizedActivations& x, const PackedWeight& w, float* y
 }  // namespace
 
 void qgemm(const QuantizedActivations& x, const PackedWeight& w, float* y, Isa isa) {
+  check_integer_layout(w);
   if (x.padded_cols != w.padded_cols || x.blocks != int64_t(w.blocks.size()))
     fail("activations quantized for another layout ({} columns, {} blocks; the weight has {}, {})", x.padded_cols,
          x.blocks, w.padded_cols, w.blocks.size());

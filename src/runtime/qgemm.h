@@ -1,15 +1,19 @@
-// The packed integer GEMM of weight-activation quantized linears (W4A4, W8A8 and Atom's mixed
-// INT4 + INT8 salient partition): Y = Σ_blocks s_x·s_w · Σ_k (c_w − z_w)·c_x over the columns of each
-// block, with the activations quantized per token on the fly. No libtorch: this is the deployable
-// runtime. `qgemm_reference` is the plain definition the kernels are tested against.
+// Packed quantized weights and the integer GEMM of weight-activation quantized linears (W4A4, W8A8
+// and Atom's mixed INT4 + INT8 salient partition): Y = Σ_blocks s_x·s_w · Σ_k (c_w − z_w)·c_x over
+// the columns of each block, with the activations quantized per token on the fly. The weight-only
+// product on the same layout is runtime/wgemm.h. No libtorch: this is the deployable runtime.
+// `qgemm_reference` is the plain definition the kernels are tested against.
 //
-// Layout. The input columns are split into blocks (a weight quantization group, which must also be
-// the activations' group: Atom's 128-column groups and its salient partition), each 4 or 8 bits.
-// Weight codes are stored offset-binary (u = c + 2^(bits−1), unsigned) because the VNNI dot product
-// multiplies unsigned by signed bytes; the activation codes' block sums undo the offset. Rows go in
-// panels of 16 and, inside a panel, each 64-byte line holds 16 rows × 4 bytes: 4 consecutive columns
-// of INT8, or 8 of INT4 (the low nibbles are columns k..k+3, the high nibbles k+4..k+7). A block's
-// width is padded to its line (4 or 8 columns) with zero codes; rows to the panel.
+// Layout. The input columns are split into blocks (a weight quantization group, which for qgemm must
+// also be the activations' group: Atom's 128-column groups and its salient partition), each stored
+// in a 1-, 2-, 4- or 8-bit container (3-bit codes go in 4, 5..7 in 8; qgemm takes 4 and 8 only).
+// Codes are stored offset-binary, u = c − code_min (code_min = −2^(bits−1), 0 for binary codes
+// {0, 1}), because the VNNI dot product multiplies unsigned by signed bytes; the activation codes'
+// block sums undo the offset. Rows go in panels of 16 and, inside a panel, each 64-byte line holds
+// 16 rows × one 32-bit word: 32/bits consecutive columns. Column j of a word sits at bit bits·j,
+// except in INT4 words, where the low nibbles of the four bytes are columns k..k+3 and the high
+// nibbles k+4..k+7 (one mask and one shift split a line into two VNNI operands). A block's width is
+// padded to its line with zero codes; rows to the panel.
 #pragma once
 
 #include <cstdint>
@@ -21,8 +25,17 @@ namespace toga::rt {
 
 struct ColumnBlock {
   int64_t begin = 0, end = 0;  // input columns [begin, end)
-  int bits = 4;                // 4 or 8
+  int bits = 4;                // container: 1, 2, 4 or 8
 };
+
+// Columns one 32-bit word (a row's share of a 64-byte line) holds.
+inline int64_t line_columns(int bits) { return 32 / bits; }
+// Bit position of column j of a word.
+inline int column_shift(int bits, int64_t j) { return bits == 4 ? int(j < 4 ? 8 * j : 8 * (j - 4) + 4) : int(bits * j); }
+// The smallest code a container holds: binary codes are {0, 1}, others two's-complement ranges.
+inline int container_code_min(int bits) { return bits == 1 ? 0 : -(1 << (bits - 1)); }
+// The container a code width is stored in.
+int container_bits(int bits);
 
 struct PackedWeight {
   int64_t rows = 0, cols = 0, panels = 0;
@@ -34,13 +47,16 @@ struct PackedWeight {
   std::vector<int64_t> panel_offset_of_block;  // byte offset of each block inside a panel
   std::vector<uint8_t> data;       // panels × panel_bytes
   std::vector<float> scales;       // [blocks][panels·16]
-  // [blocks][panels·16]: 2^(bits−1) + the zero point, so that Σ (c_w − z)·c_x = Σ u·c_x − this·Σ c_x
-  // exactly in int32.
+  // [blocks][panels·16]: the zero point − code_min, so that value = scale·(u − zero_offset).
+  std::vector<float> zero_offset;
+  // The same in int32 when every zero point is an integer (integer_zeros), so that
+  // Σ (c_w − z)·c_x = Σ u·c_x − code_offset·Σ c_x exactly: what qgemm needs.
   std::vector<int32_t> code_offset;
+  bool integer_zeros = true;
 };
 
-// codes [rows, cols] signed in each block's range, scales and zero points [rows, blocks] (row-major;
-// value = scale·(code − zero), zero integer-valued, 0 when symmetric).
+// codes [rows, cols] in each block's container range, scales and zero points [rows, blocks]
+// (row-major; value = scale·(code − zero); zero 0 when symmetric, any float for binarization).
 PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* zeros, int64_t rows, int64_t cols,
                          const std::vector<ColumnBlock>& blocks);
 

@@ -1,7 +1,9 @@
-// A quantized checkpoint on the packed integer kernels gives the logits of its fake-quant evaluation
-// (same codes, integer dot products instead of float ones): KLD ≤ 1e-4 on every kernel family this
-// CPU has, the max |Δlogit| reported. Weight-only and mismatched-group linears stay on the dense
-// fake-quant kernel, with the reason. One block is pruned, as TOGA joint's checkpoints are.
+// A quantized checkpoint on the packed kernels gives the logits of its fake-quant evaluation (same
+// codes; integer dot products, or weights dequantized in registers, instead of float GEMMs): KLD ≤
+// 1e-4 on every kernel family this CPU has, the max |Δlogit| reported, for W4A4 + INT8 and the
+// weight-only formats (W4 asymmetric groups, binary + INT4 salient, W3). A linear the kernels cannot
+// run stays on the dense fake-quant kernel, with the reason. One block is pruned, as TOGA joint's
+// checkpoints are.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -30,6 +32,32 @@ double mean_kld(const torch::Tensor& ref_logits, const torch::Tensor& logits) {
   return (p.exp() * (p - q)).sum(-1).mean().item<double>();
 }
 
+struct Config {
+  const char* name;
+  QuantizeOptions options;
+  const char* kernel;  // the name every block linear's kernel must have, before the ISA
+};
+
+std::vector<Config> configs() {
+  QuantizeOptions atom = find_recipe("atom").defaults();  // W4A4 g128 + 12.5 % INT8, GPTQ, KV4
+  atom.weight_low.group_size = atom.act_low.group_size = 24;  // ragged: 56 low columns = 24 + 24 + 8
+  QuantizeOptions w4 = find_recipe("gptq").defaults();       // W4A16, asymmetric groups
+  w4.weight_low = {4, false, 24};
+  QuantizeOptions binary = find_recipe("atom").defaults();   // W(1.6)A16: binary + INT4 salient
+  binary.weight_low = {1, true, 24};
+  binary.weight_low.binary_centered = true;
+  binary.weight_high = {4, true, 0};
+  binary.act_low = binary.act_high = {16};
+  binary.salient_fraction = 0.2;
+  binary.kv = {16};
+  QuantizeOptions w3 = find_recipe("rtn").defaults();        // W3A16 per channel, in the INT4 container
+  w3.weight_low = {3, true, 0};
+  return {{"Atom W4A4 + INT8", atom, "packed-"},
+          {"W4A16 asymmetric g24", w4, "packed-weight-only-"},
+          {"binary + INT4 salient", binary, "packed-weight-only-"},
+          {"W3A16 per channel", w3, "packed-weight-only-"}};
+}
+
 }  // namespace
 
 TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
@@ -39,49 +67,59 @@ TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
   c.num_attention_heads = 4;
   c.num_key_value_heads = 2;
   c.head_dim = 16;
-  Model m = random_model(c, 5);
   torch::manual_seed(6);
   const torch::Tensor calib = torch::randint(c.vocab_size, {4, 32}, torch::kLong);
   const torch::Tensor ids = torch::randint(c.vocab_size, {2, 24}, torch::kLong);
-  QuantizeOptions o = find_recipe("atom").defaults();  // W4A4 g128 + 12.5 % INT8, GPTQ, KV4
-  o.weight_low.group_size = o.act_low.group_size = 24;  // ragged: 56 low columns = 24 + 24 + 8
-  Plan plan = uniform_plan(m, o, "atom");
-  BlockPruning keep;  // a pruned block (TOGA joint's output) is smaller matrices with index lists
-  keep.attn_in = torch::arange(0, 64, 2, torch::kLong);
-  keep.mlp_inner = torch::arange(0, 96, 3, torch::kLong);
-  keep.mlp_out = torch::arange(8, 64, torch::kLong);
-  plan.blocks[1] = keep;
-  const auto report = apply_plan(m, plan, calib, "test", false);
-  ScratchDir dir;
-  save_quantized_checkpoint(dir / "q", m, report, DType::F32, {});
-  const Checkpoint ck = open_checkpoint(dir / "q");
-  torch::NoGradGuard no_grad;
-  const torch::Tensor fake = load_any_model(ck, {}).forward(ids);
-  for (rt::Isa isa : {rt::Isa::kScalar, rt::Isa::kAvx512Vnni}) {
-    bool have = false;
-    for (rt::Isa a : rt::available_isas()) have = have || a == isa;
-    if (!have) {
-      std::printf("[ SKIPPED  ] %s: not on this CPU\n", rt::isa_name(isa));
-      continue;
+  for (const Config& config : configs()) {
+    SCOPED_TRACE(config.name);
+    Model m = random_model(c, 5);
+    Plan plan = uniform_plan(m, config.options, "test");
+    BlockPruning keep;  // a pruned block (TOGA joint's output) is smaller matrices with index lists
+    keep.attn_in = torch::arange(0, 64, 2, torch::kLong);
+    keep.mlp_inner = torch::arange(0, 96, 3, torch::kLong);
+    keep.mlp_out = torch::arange(8, 64, torch::kLong);
+    plan.blocks[1] = keep;
+    const auto report = apply_plan(m, plan, calib, "test", false);
+    ScratchDir dir;
+    save_quantized_checkpoint(dir / "q", m, report, DType::F32, {});
+    const Checkpoint ck = open_checkpoint(dir / "q");
+    torch::NoGradGuard no_grad;
+    const torch::Tensor fake = load_any_model(ck, {}).forward(ids);
+    for (rt::Isa isa : {rt::Isa::kScalar, rt::Isa::kAvx512Vnni}) {
+      bool have = false;
+      for (rt::Isa a : rt::available_isas()) have = have || a == isa;
+      if (!have) {
+        std::printf("[ SKIPPED  ] %s: not on this CPU\n", rt::isa_name(isa));
+        continue;
+      }
+      ScopedEnv pin("TOGA_ISA", rt::isa_name(isa));
+      LoadOptions opts;
+      opts.packed_kernels = true;
+      const Model packed = load_any_model(ck, opts);
+      int on_packed = 0;
+      for (const LinearSite* s : packed.block_sites())
+        on_packed += s->kernel && s->kernel->name() == std::string(config.kernel) + rt::isa_name(isa);
+      EXPECT_EQ(on_packed, 7 * c.num_hidden_layers) << rt::isa_name(isa);
+      const torch::Tensor logits = packed.forward(ids);
+      const double kld = mean_kld(fake, logits);
+      std::printf("%s, %s: KLD %.3g, max |Δlogit| %.3g\n", config.name, rt::isa_name(isa), kld,
+                  (fake - logits).abs().max().item<double>());
+      EXPECT_LT(kld, 1e-4) << rt::isa_name(isa);
     }
-    ScopedEnv pin("TOGA_ISA", rt::isa_name(isa));
-    LoadOptions opts;
-    opts.packed_kernels = true;
-    const Model packed = load_any_model(ck, opts);
-    int on_packed = 0;
-    for (const LinearSite* s : packed.block_sites())
-      on_packed += s->kernel && s->kernel->name() == std::string("packed-") + rt::isa_name(isa);
-    EXPECT_EQ(on_packed, 7 * c.num_hidden_layers) << rt::isa_name(isa);
-    const torch::Tensor logits = packed.forward(ids);
-    const double kld = mean_kld(fake, logits);
-    std::printf("%s: KLD %.3g, max |Δlogit| %.3g\n", rt::isa_name(isa), kld, (fake - logits).abs().max().item<double>());
-    EXPECT_LT(kld, 1e-4) << rt::isa_name(isa);
   }
-  // Weight-only linears are not taken (yet), and say why.
-  QuantizedLinear wo = report.linears.front();
-  wo.act_low = {16};
-  wo.act_high = {16};
+}
+
+TEST(PackedKernel, LinearsItCannotRunSayWhy) {
+  ModelConfig c = tiny_config(Family::Llama);
+  Model m = random_model(c, 5);
+  torch::manual_seed(6);
+  QuantizeOptions o = find_recipe("rtn").defaults();
+  o.act_low = {4, true, 0};  // A4 on the low partition, the salient columns left at 16 bits
+  o.act_high = {16};
+  o.salient_fraction = 0.25;
+  const torch::Tensor calib = torch::randint(c.vocab_size, {2, 16}, torch::kLong);
+  const auto report = apply_plan(m, uniform_plan(m, o, "test"), calib, "test", false);
   std::string why;
-  EXPECT_EQ(make_packed_kernel(wo, m.site(wo.site), &why), nullptr);
-  EXPECT_NE(why.find("weight-only"), std::string::npos) << why;
+  EXPECT_EQ(make_packed_kernel(report.linears.front(), m.site(report.linears.front().site), &why), nullptr);
+  EXPECT_NE(why.find("one partition"), std::string::npos) << why;
 }

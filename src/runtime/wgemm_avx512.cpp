@@ -1,0 +1,96 @@
+// wgemm on AVX-512: per 16-row panel and tile of up to 16 tokens, each 64-byte line is unpacked one
+// column at a time (shift, mask, convert: 16 rows' codes), dequantized with one FMA (u·s − zo·s)
+// and multiplied into every token of the tile; the panel's codes stay in L1 across tiles.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "runtime/wgemm.h"
+
+// GCC 12's unmasked intrinsics pass _mm512_undefined_*() as their merge source; once inlined and
+// unrolled it reports those as maybe-uninitialized (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace toga::rt {
+
+namespace {
+
+constexpr int64_t kPanel = 16;
+
+// Columns [k0, k0 + count) of a line from `word`: column j in bits [step·j, step·j + width), so the
+// word shifts right by `Step` per column (INT4 calls this twice: low nibbles, then high).
+template <int T, int Step, int Width, int Count>
+__attribute__((target("avx512f"), always_inline)) inline void columns(__m512i word, int count, const float* const* xr,
+                                                                      int64_t k0, __m512 s, __m512 nzs, __m512* acc) {
+  const __m512i mask = _mm512_set1_epi32((1 << Width) - 1);
+#pragma GCC unroll 32
+  for (int j = 0; j < Count; ++j) {
+    if (j >= count) break;
+    const __m512 u = _mm512_cvtepi32_ps(_mm512_and_si512(word, mask));
+    const __m512 wv = _mm512_fmadd_ps(u, s, nzs);
+#pragma GCC unroll 16
+    for (int i = 0; i < T; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_set1_ps(xr[i][k0 + j]), acc[i]);
+    word = _mm512_srli_epi32(word, Step);
+  }
+}
+
+template <int Bits, int T>
+__attribute__((target("avx512f"))) void block(const uint8_t* data, int64_t width, const float* const* xr, int64_t begin,
+                                              __m512 s, __m512 nzs, __m512* acc) {
+  constexpr int kLine = 32 / Bits;
+  for (int64_t j0 = 0; j0 < width; j0 += kLine) {
+    const __m512i raw = _mm512_loadu_si512(data + (j0 / kLine) * 64);
+    const int left = int(std::min<int64_t>(kLine, width - j0));
+    if constexpr (Bits == 4) {
+      columns<T, 8, 4, 4>(raw, left, xr, begin + j0, s, nzs, acc);
+      if (left > 4) columns<T, 8, 4, 4>(_mm512_srli_epi32(raw, 4), left - 4, xr, begin + j0 + 4, s, nzs, acc);
+    } else {
+      columns<T, Bits, Bits, kLine>(raw, left, xr, begin + j0, s, nzs, acc);
+    }
+  }
+}
+
+template <int T>
+__attribute__((target("avx512f"))) void tile(const float* x, int64_t t0, const PackedWeight& w, int64_t panel, float* y) {
+  const int64_t nb = int64_t(w.blocks.size()), prow = w.panels * kPanel;
+  const int64_t valid_rows = std::min<int64_t>(kPanel, w.rows - panel * kPanel);
+  const __mmask16 row_mask = valid_rows == kPanel ? __mmask16(0xFFFF) : __mmask16((1u << valid_rows) - 1);
+  const float* xr[T];
+  for (int i = 0; i < T; ++i) xr[i] = x + (t0 + i) * w.cols;
+  __m512 acc[T];
+  for (int i = 0; i < T; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    const ColumnBlock& b = w.blocks[size_t(bi)];
+    const uint8_t* data = w.data.data() + panel * w.panel_bytes + w.panel_offset_of_block[size_t(bi)];
+    const __m512 s = _mm512_loadu_ps(w.scales.data() + bi * prow + panel * kPanel);
+    const __m512 nzs = _mm512_sub_ps(_mm512_setzero_ps(),
+                                     _mm512_mul_ps(_mm512_loadu_ps(w.zero_offset.data() + bi * prow + panel * kPanel), s));
+    const int64_t width = b.end - b.begin;
+    switch (b.bits) {
+      case 1: block<1, T>(data, width, xr, b.begin, s, nzs, acc); break;
+      case 2: block<2, T>(data, width, xr, b.begin, s, nzs, acc); break;
+      case 4: block<4, T>(data, width, xr, b.begin, s, nzs, acc); break;
+      default: block<8, T>(data, width, xr, b.begin, s, nzs, acc); break;
+    }
+  }
+  for (int i = 0; i < T; ++i) _mm512_mask_storeu_ps(y + (t0 + i) * w.rows + panel * kPanel, row_mask, acc[i]);
+}
+
+// Every token for one panel: tiles of 16, the rest in 8, 4, 2, 1 (a decode step is one token).
+void run_panel(const float* x, int64_t tokens, const PackedWeight& w, float* y, int64_t panel) {
+  int64_t t = 0;
+  for (; t + 16 <= tokens; t += 16) tile<16>(x, t, w, panel, y);
+  if (t + 8 <= tokens) tile<8>(x, t, w, panel, y), t += 8;
+  if (t + 4 <= tokens) tile<4>(x, t, w, panel, y), t += 4;
+  if (t + 2 <= tokens) tile<2>(x, t, w, panel, y), t += 2;
+  if (t < tokens) tile<1>(x, t, w, panel, y);
+}
+
+}  // namespace
+
+void wgemm_avx512(const float* x, int64_t tokens, const PackedWeight& w, float* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t panel = 0; panel < w.panels; ++panel) run_panel(x, tokens, w, y, panel);
+}
+
+}  // namespace toga::rt
