@@ -265,6 +265,7 @@ void Model::clear_attachments() {
   for (auto* s : block_sites()) s->clear_attachments();
   lm_head.clear_attachments();
   kv_transform = nullptr;
+  kv_spec = QuantSpec{16};
 }
 
 LayerShape layer_shape(const Block& b, const ModelConfig& c) {

@@ -15,6 +15,10 @@
 #include "io/model_config.h"
 #include "quant/quantizer.h"
 
+namespace toga::rt {
+struct Linear;  // runtime/linear.h
+}
+
 namespace toga {
 
 struct LinearSite;
@@ -60,6 +64,9 @@ class LinearKernel {
   // A packed integer kernel quantizes the activations itself (to codes, not fake-quantized floats):
   // the forward then leaves the site's activation quantizer to it.
   virtual bool quantizes_input() const { return false; }
+  // The runtime linear this kernel runs (its input index empty: the site gathers), for the
+  // libtorch-free runtime forward (runtime/transformer.h); null for the dense kernel.
+  virtual std::shared_ptr<const rt::Linear> runtime_linear() const { return nullptr; }
 };
 
 // One linear layer of the model and the state its forward interprets. Attachments are data where
@@ -145,6 +152,9 @@ class Model {
   // Applied to new keys (after RoPE) and values before they enter the cache and attention: KV-cache
   // quantization. Tensors are [B, kv_heads, T, head_dim].
   TensorFn kv_transform;
+  // What kv_transform does when it is the KV-cache quantizer (quant/apply_plan.h sets both), so the
+  // runtime forward can store the cache as codes; 16 bits otherwise.
+  QuantSpec kv_spec{16};
 
   torch::Dtype dtype() const { return embed.scalar_type(); }
   torch::Device device() const { return embed.device(); }

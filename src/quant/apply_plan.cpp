@@ -159,11 +159,13 @@ void attach_quantized_linear(Model& model, const QuantizedLinear& q, bool set_we
 void attach_kv_quantizer(Model& model, const QuantSpec& kv) {
   if (!kv.quantized()) {
     model.kv_transform = nullptr;
+    model.kv_spec = QuantSpec{16};
     return;
   }
   QuantSpec spec = kv;
   spec.group_size = model.config.head_dim;  // one scale per token and head
   model.kv_transform = [spec](const torch::Tensor& x) { return fake_quantize(x, spec); };
+  model.kv_spec = spec;
 }
 
 QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor& calibration, const std::string& where,

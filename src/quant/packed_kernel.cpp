@@ -1,60 +1,35 @@
 #include "quant/packed_kernel.h"
 
-#include "runtime/qgemm.h"
-#include "runtime/wgemm.h"
+#include "runtime/linear.h"
 #include "util/error.h"
 
 namespace toga {
 
 namespace {
 
-class PackedKernel final : public LinearKernel {
+// A site whose linear runs on the runtime's kernels (the site has already gathered its input).
+class RuntimeLinearKernel final : public LinearKernel {
  public:
-  PackedKernel(rt::PackedWeight w, rt::ActivationQuant aq, rt::Isa isa) : w_(std::move(w)), aq_(std::move(aq)), isa_(isa) {}
-  std::string name() const override { return std::string("packed-") + rt::isa_name(isa_); }
-  bool quantizes_input() const override { return true; }
+  explicit RuntimeLinearKernel(std::shared_ptr<const rt::Linear> linear) : linear_(std::move(linear)) {}
+  std::string name() const override { return linear_->kernel_name(); }
+  bool quantizes_input() const override { return linear_->kind == rt::LinearKind::kWeightActivation; }
+  std::shared_ptr<const rt::Linear> runtime_linear() const override { return linear_; }
 
   torch::Tensor apply(const LinearSite& site, const torch::Tensor& x) const override {
     if (x.requires_grad()) fail("site '{}': the packed kernel has no backward (load with --fake-quant)", site.name);
     const auto shape = x.sizes().vec();
-    const torch::Tensor xf = x.detach().to(torch::kCPU, torch::kFloat32).contiguous().reshape({-1, w_.cols});
-    thread_local rt::QuantizedActivations qx;  // reused: no allocation per call once warm
-    rt::quantize_activations(xf.data_ptr<float>(), xf.size(0), w_, aq_, qx);
-    torch::Tensor y = torch::empty({xf.size(0), w_.rows}, torch::kFloat32);
-    rt::qgemm(qx, w_, y.data_ptr<float>(), isa_);
+    const torch::Tensor xf = x.detach().to(torch::kCPU, torch::kFloat32).contiguous().reshape({-1, linear_->cols});
+    torch::Tensor y = torch::empty({xf.size(0), linear_->rows}, torch::kFloat32);
+    thread_local rt::LinearScratch scratch;  // reused: no allocation per call once warm
+    linear_->forward(xf.data_ptr<float>(), xf.size(0), linear_->cols, y.data_ptr<float>(), scratch);
     if (site.bias.defined()) y += site.bias.to(torch::kFloat32);
     auto out_shape = shape;
-    out_shape.back() = w_.rows;
+    out_shape.back() = linear_->rows;
     return y.reshape(out_shape).to(x.device(), x.scalar_type());
   }
 
  private:
-  rt::PackedWeight w_;
-  rt::ActivationQuant aq_;
-  rt::Isa isa_;
-};
-
-// Weight-only (activations stay float): the codes dequantized in registers, runtime/wgemm.h.
-class PackedWeightOnlyKernel final : public LinearKernel {
- public:
-  PackedWeightOnlyKernel(rt::PackedWeight w, rt::Isa isa) : w_(std::move(w)), isa_(isa) {}
-  std::string name() const override { return std::string("packed-weight-only-") + rt::isa_name(isa_); }
-
-  torch::Tensor apply(const LinearSite& site, const torch::Tensor& x) const override {
-    if (x.requires_grad()) fail("site '{}': the packed kernel has no backward (load with --fake-quant)", site.name);
-    const auto shape = x.sizes().vec();
-    const torch::Tensor xf = x.detach().to(torch::kCPU, torch::kFloat32).contiguous().reshape({-1, w_.cols});
-    torch::Tensor y = torch::empty({xf.size(0), w_.rows}, torch::kFloat32);
-    rt::wgemm(xf.data_ptr<float>(), xf.size(0), w_, y.data_ptr<float>(), isa_);
-    if (site.bias.defined()) y += site.bias.to(torch::kFloat32);
-    auto out_shape = shape;
-    out_shape.back() = w_.rows;
-    return y.reshape(out_shape).to(x.device(), x.scalar_type());
-  }
-
- private:
-  rt::PackedWeight w_;
-  rt::Isa isa_;
+  std::shared_ptr<const rt::Linear> linear_;
 };
 
 rt::PackedWeight pack(const QuantizedLinear& q, const std::vector<rt::ColumnBlock>& blocks) {
@@ -82,7 +57,13 @@ std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q,
       if (g.bits > 8) return no("16-bit weight columns");
       blocks.push_back({g.col_begin, g.col_end, rt::container_bits(g.bits)});
     }
-    return std::make_shared<PackedWeightOnlyKernel>(pack(q, blocks), rt::selected_isa());
+    auto linear = std::make_shared<rt::Linear>();
+    linear->kind = rt::LinearKind::kWeightOnly;
+    linear->packed = pack(q, blocks);
+    linear->rows = linear->packed.rows;
+    linear->cols = linear->packed.cols;
+    linear->isa = rt::selected_isa();
+    return std::make_shared<RuntimeLinearKernel>(std::move(linear));
   }
   if (!q.act_low.quantized() || (q.salient > 0 && !q.act_high.quantized()))
     return no("activations quantized in one partition only");
@@ -100,9 +81,15 @@ std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q,
     blocks.push_back({wg.col_begin, wg.col_end, wg.bits});
     aq.clip.push_back(as.clip_ratio);
   }
-  rt::PackedWeight w = pack(q, blocks);
-  if (!w.integer_zeros) return no("fractional weight zero points");
-  return std::make_shared<PackedKernel>(std::move(w), std::move(aq), rt::selected_isa());
+  auto linear = std::make_shared<rt::Linear>();
+  linear->kind = rt::LinearKind::kWeightActivation;
+  linear->packed = pack(q, blocks);
+  if (!linear->packed.integer_zeros) return no("fractional weight zero points");
+  linear->act = std::move(aq);
+  linear->rows = linear->packed.rows;
+  linear->cols = linear->packed.cols;
+  linear->isa = rt::selected_isa();
+  return std::make_shared<RuntimeLinearKernel>(std::move(linear));
 }
 
 int use_packed_kernels(Model& model, const std::vector<QuantizedLinear>& linears) {

@@ -93,23 +93,25 @@ PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* 
 }
 
 void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w, const ActivationQuant& q,
-                          QuantizedActivations& out) {
+                          QuantizedActivations& out, const int32_t* gather, int64_t x_width) {
   check_integer_layout(w);
+  if (!gather) x_width = w.cols;
   const int64_t nb = int64_t(w.blocks.size());
   if (int64_t(q.clip.size()) != nb) fail("{} activation clip ratios for {} column blocks", q.clip.size(), nb);
   out.tokens = tokens;
   out.padded_cols = w.padded_cols;
   out.blocks = nb;
-  out.codes.assign(size_t(tokens * w.padded_cols), 0);
+  out.codes.resize(size_t(tokens * w.padded_cols));
   out.scales.resize(size_t(tokens * nb));
   out.sums.resize(size_t(tokens * nb));
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tokens; ++t) {
-    const float* row = x + t * w.cols;
+    const float* row = x + t * x_width;
+    auto at = [&](int64_t k) { return gather ? row[gather[k]] : row[k]; };
     for (int64_t bi = 0; bi < nb; ++bi) {
       const ColumnBlock& b = w.blocks[size_t(bi)];
       float absmax = 0;
-      for (int64_t k = b.begin; k < b.end; ++k) absmax = std::max(absmax, std::fabs(row[k]));
+      for (int64_t k = b.begin; k < b.end; ++k) absmax = std::max(absmax, std::fabs(at(k)));
       if (!(absmax > 0)) absmax = 1;  // an all-zero group: any finite scale, codes 0
       // In float32 step by step, as libtorch computes the fake-quant scale: the same codes.
       const float scale = (2.0f * absmax) * float(q.clip[size_t(bi)] * kSymmetricTieBreak) / float((1 << b.bits) - 1);
@@ -117,10 +119,12 @@ void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w,
       int8_t* codes = out.codes.data() + t * w.padded_cols + w.x_offset[size_t(bi)];
       int32_t sum = 0;
       for (int64_t k = b.begin; k < b.end; ++k) {
-        const int c = int(std::clamp(std::nearbyint(row[k] / scale), lo, hi));
+        const int c = int(std::clamp(std::nearbyint(at(k) / scale), lo, hi));
         codes[k - b.begin] = int8_t(c);
         sum += c;
       }
+      // Padding columns: zero codes (the weight's padding codes are not zero after the offset).
+      for (int64_t k = b.end - b.begin; k < w.padded[size_t(bi)]; ++k) codes[k] = 0;
       out.scales[size_t(t * nb + bi)] = scale;
       out.sums[size_t(t * nb + bi)] = sum;
     }

@@ -73,9 +73,10 @@ struct QuantizedActivations {
   std::vector<int32_t> sums;   // [tokens][blocks]: Σ codes
 };
 
-// x [tokens, cols] float in the weight's column order.
+// x [tokens, cols] float in the weight's column order; or, with `gather`, x [tokens, x_width] and
+// column k of the weight reads x[t][gather[k]] (the reorder and pruning index fused into the pass).
 void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w, const ActivationQuant& q,
-                          QuantizedActivations& out);
+                          QuantizedActivations& out, const int32_t* gather = nullptr, int64_t x_width = 0);
 
 // y [tokens, rows] = the quantized product (bias not included), on the given kernel family.
 void qgemm(const QuantizedActivations& x, const PackedWeight& w, float* y, Isa isa);

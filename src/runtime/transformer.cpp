@@ -1,0 +1,239 @@
+#include "runtime/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "util/error.h"
+
+namespace toga::rt {
+
+namespace {
+
+constexpr double kSymmetricTieBreak = 1.0 + 1.0 / 65536;  // as quant/quantizer.cpp
+
+// Hugging Face's RMSNorm in float32: x · rsqrt(mean(x²) + eps), then the gain.
+void rms_norm(const float* x, const float* gain, int64_t n, double eps, float* out) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
+  const float r = 1.0f / std::sqrt(float(ss / double(n)) + float(eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = gain[i] * (x[i] * r);
+}
+
+// Rotate-halves RoPE on one head at position `pos`.
+void rope(float* x, int64_t d, int64_t pos, const std::vector<float>& inv_freq) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = float(pos) * inv_freq[size_t(i)];
+    const float c = std::cos(angle), s = std::sin(angle);
+    const float a = x[i], b = x[i + half];
+    x[i] = a * c - b * s;
+    x[i + half] = b * c + a * s;
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// One row's quantization as quant/quantizer.cpp's fake_quantize computes it (float32 step by step):
+// codes stored offset to [0, 2^bits), value = scale·(u − zero_offset).
+void quantize_row(const float* x, int64_t n, const KvQuant& q, uint8_t* codes, float& scale, float& zero_offset) {
+  const int half = 1 << (q.bits - 1);
+  const float qmax = float((1 << q.bits) - 1);
+  float lo = 0, hi = 0;
+  if (q.symmetric) {
+    for (int64_t i = 0; i < n; ++i) hi = std::max(hi, std::fabs(x[i]));
+    if (!(hi > 0)) hi = 1;
+    lo = -hi;
+    scale = (hi - lo) * float(q.clip * kSymmetricTieBreak) / qmax;
+  } else {
+    for (int64_t i = 0; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+    if (lo == 0 && hi == 0) lo = -1, hi = 1;
+    scale = (hi - lo) * float(q.clip) / qmax;
+  }
+  const float zero = q.symmetric ? 0.0f : std::nearbyint(-(lo * float(q.clip)) / scale) - float(half);
+  zero_offset = zero + float(half);
+  for (int64_t i = 0; i < n; ++i) {
+    const float c = std::clamp(std::nearbyint(x[i] / scale) + zero, float(-half), float(half - 1));
+    const uint8_t u = uint8_t(int(c) + half);
+    if (q.bits <= 4) {
+      uint8_t& byte = codes[i / 2];
+      byte = i % 2 == 0 ? uint8_t((byte & 0xF0) | u) : uint8_t((byte & 0x0F) | (u << 4));
+    } else {
+      codes[i] = u;
+    }
+  }
+}
+
+void dequantize_row(const uint8_t* codes, int64_t n, int bits, float scale, float zero_offset, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int u = bits <= 4 ? (i % 2 == 0 ? codes[i / 2] & 0x0F : codes[i / 2] >> 4) : codes[i];
+    out[i] = scale * (float(u) - zero_offset);
+  }
+}
+
+void add_rows(float* x, const float* y, int64_t n, int64_t width, int64_t y_width, const std::vector<int32_t>& index) {
+  for (int64_t t = 0; t < n; ++t) {
+    float* xr = x + t * width;
+    const float* yr = y + t * y_width;
+    if (index.empty())
+      for (int64_t i = 0; i < width; ++i) xr[i] += yr[i];
+    else
+      for (int64_t i = 0; i < y_width; ++i) xr[index[size_t(i)]] += yr[i];
+  }
+}
+
+}  // namespace
+
+int64_t Transformer::linear_bytes() const {
+  int64_t total = lm_head.weight_bytes();
+  for (const auto& b : blocks)
+    for (const Linear* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) total += l->weight_bytes();
+  return total;
+}
+
+Session::Session(const Transformer& model, int64_t capacity) : m_(model), capacity_(capacity) {
+  if (m_.kv.bits < 16 && (m_.kv.bits < 2 || m_.kv.bits > 8)) fail("runtime KV cache: {} bits (2..8 or 16)", m_.kv.bits);
+  row_bytes_ = m_.kv.bits <= 4 ? (m_.head_dim + 1) / 2 : m_.head_dim;
+  cache_.resize(m_.blocks.size());
+  for (size_t l = 0; l < m_.blocks.size(); ++l) {
+    const int64_t rows = m_.blocks[l].kv_heads * capacity;
+    LayerCache& c = cache_[l];
+    if (m_.kv.bits >= 16) {
+      c.k.assign(size_t(rows * m_.head_dim), 0.0f);
+      c.v.assign(size_t(rows * m_.head_dim), 0.0f);
+    } else {
+      c.kc.assign(size_t(rows * row_bytes_), 0);
+      c.vc.assign(size_t(rows * row_bytes_), 0);
+      for (auto* s : {&c.ks, &c.kz, &c.vs, &c.vz}) s->assign(size_t(rows), 0.0f);
+    }
+  }
+}
+
+int64_t Session::cache_bytes() const {
+  int64_t total = 0;
+  for (const auto& c : cache_)
+    total += int64_t((c.k.size() + c.v.size() + c.ks.size() * 4) * sizeof(float) + c.kc.size() + c.vc.size());
+  return total;
+}
+
+void Session::store_kv(LayerCache& c, int64_t head, int64_t pos, const float* k, const float* v) const {
+  const int64_t row = head * capacity_ + pos, d = m_.head_dim;
+  if (m_.kv.bits >= 16) {
+    std::memcpy(c.k.data() + row * d, k, size_t(d) * sizeof(float));
+    std::memcpy(c.v.data() + row * d, v, size_t(d) * sizeof(float));
+  } else {
+    quantize_row(k, d, m_.kv, c.kc.data() + row * row_bytes_, c.ks[size_t(row)], c.kz[size_t(row)]);
+    quantize_row(v, d, m_.kv, c.vc.data() + row * row_bytes_, c.vs[size_t(row)], c.vz[size_t(row)]);
+  }
+}
+
+void Session::forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
+  if (n <= 0) fail("runtime forward: no tokens");
+  if (length_ + n > capacity_) fail("runtime forward: {} + {} tokens exceed the cache's {} positions", length_, n, capacity_);
+  const int64_t H = m_.hidden;
+  x_.resize(size_t(n * H));
+  for (int64_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= m_.vocab) fail("runtime forward: token id {} outside the vocabulary ({})", tokens[t], m_.vocab);
+    std::memcpy(x_.data() + t * H, m_.embed.data() + int64_t(tokens[t]) * H, size_t(H) * sizeof(float));
+  }
+  for (int l = 0; l < int(m_.blocks.size()); ++l) block(l, n);
+  length_ += n;
+  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+  h_.resize(size_t(rows * H));
+  for (int64_t t = 0; t < rows; ++t) rms_norm(x_.data() + (first + t) * H, m_.final_norm.data(), H, m_.rms_eps, h_.data() + t * H);
+  m_.lm_head.forward(h_.data(), rows, H, logits, scratch_);
+}
+
+void Session::block(int layer, int64_t n) {
+  const TransformerBlock& b = m_.blocks[size_t(layer)];
+  LayerCache& cache = cache_[size_t(layer)];
+  const int64_t H = m_.hidden, d = m_.head_dim, nh = b.heads, nkv = b.kv_heads, groups = nh / nkv, start = length_;
+  h_.resize(size_t(n * H));
+  for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * H, b.attn_norm.data(), H, m_.rms_eps, h_.data() + t * H);
+  q_.resize(size_t(n * nh * d));
+  k_.resize(size_t(n * nkv * d));
+  v_.resize(size_t(n * nkv * d));
+  b.q.forward(h_.data(), n, H, q_.data(), scratch_);
+  b.k.forward(h_.data(), n, H, k_.data(), scratch_);
+  b.v.forward(h_.data(), n, H, v_.data(), scratch_);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < nh; ++h) {
+      float* q = q_.data() + (t * nh + h) * d;
+      if (!b.q_norm.empty()) rms_norm(q, b.q_norm.data(), d, m_.rms_eps, q);
+      rope(q, d, start + t, m_.rope_inv_freq);
+    }
+    for (int64_t h = 0; h < nkv; ++h) {
+      float* k = k_.data() + (t * nkv + h) * d;
+      if (!b.k_norm.empty()) rms_norm(k, b.k_norm.data(), d, m_.rms_eps, k);
+      rope(k, d, start + t, m_.rope_inv_freq);
+      store_kv(cache, h, start + t, k, v_.data() + (t * nkv + h) * d);
+    }
+  }
+
+  // Causal grouped-query attention, one (query, head) pair per iteration.
+  attn_.resize(size_t(n * nh * d));
+  const float scale = float(1.0 / std::sqrt(double(d)));
+  const bool quantized = m_.kv.bits < 16;
+#pragma omp parallel for schedule(dynamic, 4) if (n * nh > 8)
+  for (int64_t job = 0; job < n * nh; ++job) {
+    const int64_t t = job / nh, h = job % nh, kvh = h / groups, pos = start + t;
+    const int64_t first = m_.sliding_window > 0 ? std::max<int64_t>(0, pos - m_.sliding_window + 1) : 0;
+    thread_local std::vector<float> scores, row;
+    scores.resize(size_t(pos - first + 1));
+    row.resize(size_t(d));
+    const float* q = q_.data() + (t * nh + h) * d;
+    float best = -std::numeric_limits<float>::infinity();
+    for (int64_t s = first; s <= pos; ++s) {
+      const int64_t r = kvh * capacity_ + s;
+      const float* k = cache.k.data() + r * d;
+      if (quantized) {
+        dequantize_row(cache.kc.data() + r * row_bytes_, d, m_.kv.bits, cache.ks[size_t(r)], cache.kz[size_t(r)], row.data());
+        k = row.data();
+      }
+      const float sc = dot(q, k, d) * scale;
+      scores[size_t(s - first)] = sc;
+      best = std::max(best, sc);
+    }
+    float sum = 0;
+    for (auto& sc : scores) sum += (sc = std::exp(sc - best));
+    float* out = attn_.data() + (t * nh + h) * d;
+    std::fill(out, out + d, 0.0f);
+    for (int64_t s = first; s <= pos; ++s) {
+      const int64_t r = kvh * capacity_ + s;
+      const float p = scores[size_t(s - first)] / sum;
+      const float* v = cache.v.data() + r * d;
+      if (quantized) {
+        dequantize_row(cache.vc.data() + r * row_bytes_, d, m_.kv.bits, cache.vs[size_t(r)], cache.vz[size_t(r)], row.data());
+        v = row.data();
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) out[i] += p * v[i];
+    }
+  }
+  o_.resize(size_t(n * b.o.rows));
+  b.o.forward(attn_.data(), n, nh * d, o_.data(), scratch_);
+  add_rows(x_.data(), o_.data(), n, H, b.o.rows, b.attn_out);
+
+  // SwiGLU MLP.
+  for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * H, b.mlp_norm.data(), H, m_.rms_eps, h_.data() + t * H);
+  const int64_t inner = b.gate.rows;
+  gate_.resize(size_t(n * inner));
+  up_.resize(size_t(n * inner));
+  b.gate.forward(h_.data(), n, H, gate_.data(), scratch_);
+  b.up.forward(h_.data(), n, H, up_.data(), scratch_);
+  for (int64_t i = 0; i < n * inner; ++i) {
+    const float g = gate_[size_t(i)];
+    gate_[size_t(i)] = g / (1.0f + std::exp(-g)) * up_[size_t(i)];
+  }
+  o_.resize(size_t(n * b.down.rows));
+  b.down.forward(gate_.data(), n, inner, o_.data(), scratch_);
+  add_rows(x_.data(), o_.data(), n, H, b.down.rows, b.mlp_out);
+}
+
+}  // namespace toga::rt
