@@ -1,9 +1,11 @@
 // toga generate: text from a prompt, a chat question, or (empty prompt) from BOS alone.
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "model/generate.h"
+#include "model/runtime_export.h"
 #include "tokenizer/chat.h"
 #include "util/error.h"
 
@@ -36,6 +38,8 @@ void register_generate(CLI::App& app) {
     std::string model, prompt, chat, system;
     SamplingOptions sampling;
     bool raw_special = false;
+    std::string engine = "auto";
+    RuntimeOptions runtime;
   };
   auto o = std::make_shared<Opts>();
   o->sampling.max_new_tokens = 256;
@@ -48,6 +52,13 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--top-p", o->sampling.top_p, "nucleus sampling mass")->capture_default_str();
   cmd->add_option("--seed", o->sampling.seed, "sampling seed")->capture_default_str();
   cmd->add_flag("--special", o->raw_special, "parse control tokens written in --prompt");
+  cmd->add_option("--engine", o->engine,
+                  "auto: the libtorch-free runtime forward when it can run the model (fp32), else libtorch; runtime; torch")
+      ->check(CLI::IsMember({"auto", "runtime", "torch"}))
+      ->capture_default_str();
+  cmd->add_option("--lm-head", o->runtime.lm_head, "runtime engine: as-stored, or int8 (per-row RTN at load)")
+      ->check(CLI::IsMember({"as-stored", "int8"}))
+      ->capture_default_str();
   add_common_options(cmd, o->common);
   cmd->callback([o] {
     apply_common_options(o->common);
@@ -72,9 +83,21 @@ void register_generate(CLI::App& app) {
     if (tok.bos_id >= 0) stops.push_back(tok.bos_id);  // llama2.c's run.c stops on BOS too
     for (int id : lm.model.config.eos_token_ids) stops.push_back(id);
 
+    // The runtime forward runs fp32 activations on the packed kernels; --fake-quant, other dtypes
+    // and what it cannot run (said by export_runtime) stay on libtorch.
+    std::shared_ptr<const rt::Transformer> runtime;
+    if (o->engine == "runtime" || (o->engine == "auto" && o->common.dtype == "fp32" && !o->common.fake_quant)) {
+      try {
+        runtime = export_runtime(lm.model, o->runtime);
+      } catch (const Error& e) {
+        if (o->engine == "runtime") throw;
+        std::fprintf(stderr, "[generate] libtorch forward: %s\n", e.what());
+      }
+    }
     std::vector<int> generated;
     size_t printed = 0;
-    const auto out = generate(lm.model, prompt, o->sampling, [&](int id) {
+    GenerateStats stats;
+    const auto on_token = [&](int id) {
       generated.push_back(id);
       const std::string text = tok.decode(generated);
       const size_t upto = complete_utf8_prefix(text);
@@ -83,10 +106,17 @@ void register_generate(CLI::App& app) {
         std::fflush(stdout);
         printed = upto;
       }
-    });
+    };
+    const auto out = runtime ? generate(*runtime, prompt, o->sampling, on_token, &stats)
+                             : generate(lm.model, prompt, o->sampling, on_token, &stats);
     const std::string text = tok.decode(out);
     if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
     std::fputc('\n', stdout);
+    std::fflush(stdout);
+    std::fprintf(stderr, "[generate] %s: prompt %lld tokens at %.1f tokens/s, %lld generated at %.1f tokens/s\n",
+                 runtime ? "runtime forward" : "libtorch forward", (long long)stats.prompt_tokens,
+                 double(stats.prompt_tokens) / std::max(stats.prefill_seconds, 1e-9), (long long)stats.generated_tokens,
+                 double(stats.generated_tokens) / std::max(stats.decode_seconds, 1e-9));
   });
 }
 

@@ -12,5 +12,6 @@ void register_convert(CLI::App& app);
 void register_info(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_search(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace toga::cli

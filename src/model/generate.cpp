@@ -1,6 +1,7 @@
 #include "model/generate.h"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 
 #include "util/error.h"
@@ -43,24 +44,60 @@ int Sampler::next(const torch::Tensor& logits_row) {
   return order[last];
 }
 
-std::vector<int> generate(const Model& model, const std::vector<int>& prompt, const SamplingOptions& opts,
-                          const std::function<void(int)>& on_token) {
+int Sampler::next(const float* logits, int64_t vocab) {
+  return next(torch::from_blob(const_cast<float*>(logits), {vocab}, torch::kFloat32));
+}
+
+std::vector<int> generate(const NextLogits& step, const std::vector<int>& prompt, const SamplingOptions& opts,
+                          int64_t vocab, const std::function<void(int)>& on_token, GenerateStats* stats) {
   if (prompt.empty()) fail("generate: empty prompt (give at least a BOS token)");
-  torch::NoGradGuard no_grad;
-  KVCache cache;
+  using Clock = std::chrono::steady_clock;
+  GenerateStats st;
+  st.prompt_tokens = int64_t(prompt.size());
   Sampler sampler(opts);
-  std::vector<int64_t> ids(prompt.begin(), prompt.end());
-  auto logits = model.forward(torch::tensor(ids, torch::kLong).unsqueeze(0), &cache);
+  auto t0 = Clock::now();
+  const float* logits = step(prompt);
+  st.prefill_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  t0 = Clock::now();
   std::vector<int> out;
-  for (int step = 0; step < opts.max_new_tokens; ++step) {
-    const int next = sampler.next(logits[0][logits.size(1) - 1]);
+  for (int i = 0; i < opts.max_new_tokens; ++i) {
+    const int next = sampler.next(logits, vocab);
     if (std::find(opts.stop_ids.begin(), opts.stop_ids.end(), next) != opts.stop_ids.end()) break;
     out.push_back(next);
     if (on_token) on_token(next);
-    if (step + 1 == opts.max_new_tokens) break;
-    logits = model.forward(torch::tensor({int64_t(next)}, torch::kLong).view({1, 1}), &cache);
+    if (i + 1 == opts.max_new_tokens) break;
+    logits = step({next});
+    ++st.generated_tokens;  // tokens whose forward ran (the first came from the prompt's)
   }
+  st.decode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (stats) *stats = st;
   return out;
+}
+
+std::vector<int> generate(const Model& model, const std::vector<int>& prompt, const SamplingOptions& opts,
+                          const std::function<void(int)>& on_token, GenerateStats* stats) {
+  torch::NoGradGuard no_grad;
+  KVCache cache;
+  torch::Tensor last;
+  const NextLogits step = [&](const std::vector<int>& tokens) {
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    const auto logits = model.forward(torch::tensor(ids, torch::kLong).unsqueeze(0), &cache);
+    last = logits[0][logits.size(1) - 1].to(torch::kCPU, torch::kFloat32).contiguous();
+    return last.data_ptr<float>();
+  };
+  return generate(step, prompt, opts, model.embed.size(0), on_token, stats);
+}
+
+std::vector<int> generate(const rt::Transformer& model, const std::vector<int>& prompt, const SamplingOptions& opts,
+                          const std::function<void(int)>& on_token, GenerateStats* stats) {
+  rt::Session session(model, int64_t(prompt.size()) + std::max(opts.max_new_tokens, 0) + 1);
+  std::vector<float> logits(size_t(model.vocab));
+  const NextLogits step = [&](const std::vector<int>& tokens) {
+    const std::vector<int32_t> ids(tokens.begin(), tokens.end());
+    session.forward(ids.data(), int64_t(ids.size()), logits.data(), false);
+    return logits.data();
+  };
+  return generate(step, prompt, opts, model.vocab, on_token, stats);
 }
 
 }  // namespace toga

@@ -40,9 +40,24 @@ rt::Linear export_linear(const LinearSite& s) {
   return l;
 }
 
+// A float linear as INT8 weight-only codes, one symmetric scale per row.
+rt::Linear int8_rows(const rt::Linear& dense, const torch::Tensor& weight) {
+  const torch::Tensor w = weight.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  torch::Tensor scale = w.abs().amax(1, true) / 127.0f;
+  scale = torch::where(scale > 0, scale, torch::ones_like(scale));
+  const torch::Tensor codes = torch::round(w / scale).clamp(-127, 127).to(torch::kInt8).contiguous();
+  const torch::Tensor zeros = torch::zeros_like(scale);
+  rt::Linear l = dense;
+  l.kind = rt::LinearKind::kWeightOnly;
+  l.dense = {};
+  l.packed = rt::pack_weight(codes.data_ptr<int8_t>(), scale.data_ptr<float>(), zeros.data_ptr<float>(), w.size(0), w.size(1),
+                             {{0, w.size(1), 8}});
+  return l;
+}
+
 }  // namespace
 
-std::shared_ptr<const rt::Transformer> export_runtime(const Model& m) {
+std::shared_ptr<const rt::Transformer> export_runtime(const Model& m, const RuntimeOptions& options) {
   const ModelConfig& c = m.config;
   if (m.kv_transform && !m.kv_spec.quantized()) fail("the runtime forward cannot run a custom KV-cache transform");
   if (m.kv_spec.quantized() && (m.kv_spec.bits < 2 || m.kv_spec.mse_clip))
@@ -58,6 +73,12 @@ std::shared_ptr<const rt::Transformer> export_runtime(const Model& m) {
   t.embed = floats(m.embed);
   t.final_norm = floats(m.final_norm);
   t.lm_head = export_linear(m.lm_head);
+  if (options.lm_head == "int8") {
+    if (t.lm_head.kind != rt::LinearKind::kDense) fail("--lm-head int8: the checkpoint's lm_head is already quantized");
+    t.lm_head = int8_rows(t.lm_head, m.lm_head.weight);
+  } else if (options.lm_head != "as-stored") {
+    fail("unknown lm_head setting '{}' (as-stored or int8)", options.lm_head);
+  }
   if (m.kv_spec.quantized()) t.kv = {m.kv_spec.bits, m.kv_spec.symmetric, m.kv_spec.clip_ratio};
   for (const Block& b : m.blocks) {
     rt::TransformerBlock rb;

@@ -12,6 +12,13 @@
 
 namespace toga {
 
-std::shared_ptr<const rt::Transformer> export_runtime(const Model& model);
+struct RuntimeOptions {
+  // "as-stored": lm_head as the checkpoint has it (an FP lm_head in float32 panels); "int8":
+  // quantized at export, per output row, symmetric round-to-nearest — a quarter of the bytes a
+  // decode step streams for a large vocabulary (llama.cpp's Q4_0 files keep it at 6.6 bits, Q6_K).
+  std::string lm_head = "as-stored";
+};
+
+std::shared_ptr<const rt::Transformer> export_runtime(const Model& model, const RuntimeOptions& options = {});
 
 }  // namespace toga

@@ -104,7 +104,7 @@ void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w,
   out.codes.resize(size_t(tokens * w.padded_cols));
   out.scales.resize(size_t(tokens * nb));
   out.sums.resize(size_t(tokens * nb));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (tokens > 4)
   for (int64_t t = 0; t < tokens; ++t) {
     const float* row = x + t * x_width;
     auto at = [&](int64_t k) { return gather ? row[gather[k]] : row[k]; };

@@ -1,6 +1,7 @@
 #include "runtime/transformer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -21,23 +22,49 @@ void rms_norm(const float* x, const float* gain, int64_t n, double eps, float* o
   for (int64_t i = 0; i < n; ++i) out[i] = gain[i] * (x[i] * r);
 }
 
-// Rotate-halves RoPE on one head at position `pos`.
-void rope(float* x, int64_t d, int64_t pos, const std::vector<float>& inv_freq) {
+// cos and sin of every angle at position `pos` (the same for every head): cs[0..half), cs[half..d).
+void rope_angles(int64_t d, int64_t pos, const std::vector<float>& inv_freq, float* cs) {
   const int64_t half = d / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float angle = float(pos) * inv_freq[size_t(i)];
-    const float c = std::cos(angle), s = std::sin(angle);
-    const float a = x[i], b = x[i + half];
+    cs[i] = std::cos(angle);
+    cs[half + i] = std::sin(angle);
+  }
+}
+
+// Rotate-halves RoPE on one head.
+void rope(float* x, int64_t d, const float* cs) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half], c = cs[i], s = cs[half + i];
     x[i] = a * c - b * s;
     x[i + half] = b * c + a * s;
   }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float acc = 0;
+// Softmax(q·Kᵀ·scale)·V for one query over `count` key rows; cloned for AVX-512 (the build's
+// baseline is plain x86-64), the loops vectorized by OpenMP's simd.
+__attribute__((target_clones("avx512f", "default"))) void attend(const float* q, const float* keys, const float* values,
+                                                                int64_t count, int64_t d, float scale, float* scores,
+                                                                float* out) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t s = 0; s < count; ++s) {
+    const float* k = keys + s * d;
+    float acc = 0;
 #pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
+    for (int64_t i = 0; i < d; ++i) acc += q[i] * k[i];
+    scores[s] = acc * scale;
+    best = std::max(best, scores[s]);
+  }
+  float sum = 0;
+  for (int64_t s = 0; s < count; ++s) sum += (scores[s] = std::exp(scores[s] - best));
+  for (int64_t i = 0; i < d; ++i) out[i] = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    const float p = scores[s] / sum;
+    const float* v = values + s * d;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) out[i] += p * v[i];
+  }
 }
 
 // One row's quantization as quant/quantizer.cpp's fake_quantize computes it (float32 step by step):
@@ -88,6 +115,24 @@ void add_rows(float* x, const float* y, int64_t n, int64_t width, int64_t y_widt
   }
 }
 
+// Adds the time since the previous mark to one operator of the profile (when there is one).
+class OpTimer {
+ public:
+  explicit OpTimer(OpProfile* p) : p_(p), last_(p ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point()) {}
+  void mark(int op) {
+    if (!p_) return;
+    const auto now = std::chrono::steady_clock::now();
+    p_->seconds[op] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  OpProfile* p_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+enum Op { kNorms, kQkv, kRope, kAttention, kOProj, kGateUp, kSwiglu, kDown, kLmHead };
+
 }  // namespace
 
 int64_t Transformer::linear_bytes() const {
@@ -137,103 +182,117 @@ void Session::forward(const int32_t* tokens, int64_t n, float* logits, bool all_
   if (n <= 0) fail("runtime forward: no tokens");
   if (length_ + n > capacity_) fail("runtime forward: {} + {} tokens exceed the cache's {} positions", length_, n, capacity_);
   const int64_t H = m_.hidden;
+  if (profile_) ++profile_->calls;
+  OpTimer timer(profile_);
   x_.resize(size_t(n * H));
   for (int64_t t = 0; t < n; ++t) {
     if (tokens[t] < 0 || tokens[t] >= m_.vocab) fail("runtime forward: token id {} outside the vocabulary ({})", tokens[t], m_.vocab);
     std::memcpy(x_.data() + t * H, m_.embed.data() + int64_t(tokens[t]) * H, size_t(H) * sizeof(float));
   }
+  timer.mark(kNorms);
   for (int l = 0; l < int(m_.blocks.size()); ++l) block(l, n);
+  timer = OpTimer(profile_);
   length_ += n;
   const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
   h_.resize(size_t(rows * H));
   for (int64_t t = 0; t < rows; ++t) rms_norm(x_.data() + (first + t) * H, m_.final_norm.data(), H, m_.rms_eps, h_.data() + t * H);
+  timer.mark(kNorms);
   m_.lm_head.forward(h_.data(), rows, H, logits, scratch_);
+  timer.mark(kLmHead);
 }
 
 void Session::block(int layer, int64_t n) {
   const TransformerBlock& b = m_.blocks[size_t(layer)];
   LayerCache& cache = cache_[size_t(layer)];
   const int64_t H = m_.hidden, d = m_.head_dim, nh = b.heads, nkv = b.kv_heads, groups = nh / nkv, start = length_;
+  OpTimer timer(profile_);
   h_.resize(size_t(n * H));
+#pragma omp parallel for schedule(static) if (n > 16)
   for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * H, b.attn_norm.data(), H, m_.rms_eps, h_.data() + t * H);
+  timer.mark(kNorms);
   q_.resize(size_t(n * nh * d));
   k_.resize(size_t(n * nkv * d));
   v_.resize(size_t(n * nkv * d));
   b.q.forward(h_.data(), n, H, q_.data(), scratch_);
   b.k.forward(h_.data(), n, H, k_.data(), scratch_);
   b.v.forward(h_.data(), n, H, v_.data(), scratch_);
+  timer.mark(kQkv);
+#pragma omp parallel for schedule(static) if (n > 16)
   for (int64_t t = 0; t < n; ++t) {
+    thread_local std::vector<float> cs;
+    cs.resize(size_t(d));
+    rope_angles(d, start + t, m_.rope_inv_freq, cs.data());
     for (int64_t h = 0; h < nh; ++h) {
       float* q = q_.data() + (t * nh + h) * d;
       if (!b.q_norm.empty()) rms_norm(q, b.q_norm.data(), d, m_.rms_eps, q);
-      rope(q, d, start + t, m_.rope_inv_freq);
+      rope(q, d, cs.data());
     }
     for (int64_t h = 0; h < nkv; ++h) {
       float* k = k_.data() + (t * nkv + h) * d;
       if (!b.k_norm.empty()) rms_norm(k, b.k_norm.data(), d, m_.rms_eps, k);
-      rope(k, d, start + t, m_.rope_inv_freq);
+      rope(k, d, cs.data());
       store_kv(cache, h, start + t, k, v_.data() + (t * nkv + h) * d);
     }
   }
 
-  // Causal grouped-query attention, one (query, head) pair per iteration.
+  timer.mark(kRope);
+
+  // Causal grouped-query attention, one (query, head) pair per iteration, over float rows of the
+  // cache (an integer cache is dequantized once per call, not once per query).
+  const int64_t S = start + n;
+  const float* keys = cache.k.data();
+  const float* values = cache.v.data();
+  int64_t head_stride = capacity_ * d;
+  if (m_.kv.bits < 16) {
+    kf_.resize(size_t(nkv * S * d));
+    vf_.resize(size_t(nkv * S * d));
+#pragma omp parallel for schedule(static) if (nkv * S > 256)
+    for (int64_t job = 0; job < nkv * S; ++job) {
+      const int64_t r = (job / S) * capacity_ + job % S;
+      dequantize_row(cache.kc.data() + r * row_bytes_, d, m_.kv.bits, cache.ks[size_t(r)], cache.kz[size_t(r)], kf_.data() + job * d);
+      dequantize_row(cache.vc.data() + r * row_bytes_, d, m_.kv.bits, cache.vs[size_t(r)], cache.vz[size_t(r)], vf_.data() + job * d);
+    }
+    keys = kf_.data();
+    values = vf_.data();
+    head_stride = S * d;
+  }
   attn_.resize(size_t(n * nh * d));
   const float scale = float(1.0 / std::sqrt(double(d)));
-  const bool quantized = m_.kv.bits < 16;
 #pragma omp parallel for schedule(dynamic, 4) if (n * nh > 8)
   for (int64_t job = 0; job < n * nh; ++job) {
     const int64_t t = job / nh, h = job % nh, kvh = h / groups, pos = start + t;
     const int64_t first = m_.sliding_window > 0 ? std::max<int64_t>(0, pos - m_.sliding_window + 1) : 0;
-    thread_local std::vector<float> scores, row;
+    thread_local std::vector<float> scores;
     scores.resize(size_t(pos - first + 1));
-    row.resize(size_t(d));
-    const float* q = q_.data() + (t * nh + h) * d;
-    float best = -std::numeric_limits<float>::infinity();
-    for (int64_t s = first; s <= pos; ++s) {
-      const int64_t r = kvh * capacity_ + s;
-      const float* k = cache.k.data() + r * d;
-      if (quantized) {
-        dequantize_row(cache.kc.data() + r * row_bytes_, d, m_.kv.bits, cache.ks[size_t(r)], cache.kz[size_t(r)], row.data());
-        k = row.data();
-      }
-      const float sc = dot(q, k, d) * scale;
-      scores[size_t(s - first)] = sc;
-      best = std::max(best, sc);
-    }
-    float sum = 0;
-    for (auto& sc : scores) sum += (sc = std::exp(sc - best));
-    float* out = attn_.data() + (t * nh + h) * d;
-    std::fill(out, out + d, 0.0f);
-    for (int64_t s = first; s <= pos; ++s) {
-      const int64_t r = kvh * capacity_ + s;
-      const float p = scores[size_t(s - first)] / sum;
-      const float* v = cache.v.data() + r * d;
-      if (quantized) {
-        dequantize_row(cache.vc.data() + r * row_bytes_, d, m_.kv.bits, cache.vs[size_t(r)], cache.vz[size_t(r)], row.data());
-        v = row.data();
-      }
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) out[i] += p * v[i];
-    }
+    attend(q_.data() + (t * nh + h) * d, keys + kvh * head_stride + first * d, values + kvh * head_stride + first * d,
+           pos - first + 1, d, scale, scores.data(), attn_.data() + (t * nh + h) * d);
   }
+  timer.mark(kAttention);
   o_.resize(size_t(n * b.o.rows));
   b.o.forward(attn_.data(), n, nh * d, o_.data(), scratch_);
   add_rows(x_.data(), o_.data(), n, H, b.o.rows, b.attn_out);
+  timer.mark(kOProj);
 
   // SwiGLU MLP.
+#pragma omp parallel for schedule(static) if (n > 16)
   for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * H, b.mlp_norm.data(), H, m_.rms_eps, h_.data() + t * H);
+  timer.mark(kNorms);
   const int64_t inner = b.gate.rows;
   gate_.resize(size_t(n * inner));
   up_.resize(size_t(n * inner));
   b.gate.forward(h_.data(), n, H, gate_.data(), scratch_);
   b.up.forward(h_.data(), n, H, up_.data(), scratch_);
+  timer.mark(kGateUp);
+#pragma omp parallel for schedule(static) if (n * inner > 65536)
   for (int64_t i = 0; i < n * inner; ++i) {
     const float g = gate_[size_t(i)];
     gate_[size_t(i)] = g / (1.0f + std::exp(-g)) * up_[size_t(i)];
   }
+  timer.mark(kSwiglu);
   o_.resize(size_t(n * b.down.rows));
   b.down.forward(gate_.data(), n, inner, o_.data(), scratch_);
   add_rows(x_.data(), o_.data(), n, H, b.down.rows, b.mlp_out);
+  timer.mark(kDown);
 }
 
 }  // namespace toga::rt

@@ -43,9 +43,20 @@ struct Transformer {
   int64_t linear_bytes() const;
 };
 
+// Seconds per operator, summed over the forward calls made while a Session's profile is set.
+struct OpProfile {
+  static constexpr int kOps = 9;
+  static constexpr const char* kNames[kOps] = {"embed+norms", "q/k/v",  "rope+kv write", "attention", "o_proj",
+                                               "gate/up",     "swiglu", "down_proj",     "lm_head"};
+  double seconds[kOps] = {};
+  int64_t calls = 0;
+};
+
 // One sequence's KV cache and working buffers. forward() continues from the cached positions.
 class Session {
  public:
+  // Times every operator of the following forward calls into *profile (null: off).
+  void set_profile(OpProfile* profile) { profile_ = profile; }
   Session(const Transformer& model, int64_t capacity);
   // Runs `n` tokens; writes logits [n, vocab] (all_logits) or of the last token only [vocab].
   void forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits);
@@ -67,8 +78,9 @@ class Session {
   const Transformer& m_;
   int64_t capacity_, length_ = 0, row_bytes_ = 0;
   std::vector<LayerCache> cache_;
-  std::vector<float> x_, h_, q_, k_, v_, attn_, o_, gate_, up_;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, o_, gate_, up_, kf_, vf_;
   LinearScratch scratch_;
+  OpProfile* profile_ = nullptr;
 };
 
 }  // namespace toga::rt
