@@ -124,9 +124,15 @@ void register_eval(CLI::App& app) {
       WindowFlags w;
       std::string model, base;
       int base_kv_bits = 0;
+      std::string protocol = "all-positions";
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("model", o->model, "the model to measure")->required();
+    cmd->add_option("--protocol", o->protocol,
+                    "all-positions: every predicted position of each window; llama.cpp: windows of 512 (unless "
+                    "--seqlen), only their second half scored, as llama-perplexity --kl-divergence")
+        ->check(CLI::IsMember({"all-positions", "llama.cpp"}))
+        ->capture_default_str();
     cmd->add_option("--base", o->base, "the reference model (e.g. the uncompressed checkpoint)")->required();
     cmd->add_option("--base-kv-bits", o->base_kv_bits,
                     "KV-cache bits of the base (default: as its checkpoint says; --kv-bits applies to the model only)");
@@ -135,6 +141,7 @@ void register_eval(CLI::App& app) {
     cmd->callback([o] {
       apply_common_options(o->common);
       check_output_paths(o->w.force, {}, {o->w.json});
+      if (o->protocol == "llama.cpp" && o->w.seqlen == WindowFlags().seqlen) o->w.seqlen = 512;
       // The reference stays as its checkpoint says: a KV4 model is measured against the FP model.
       CommonOptions base_common = o->common;
       base_common.kv_bits = o->base_kv_bits;
@@ -142,7 +149,8 @@ void register_eval(CLI::App& app) {
       auto lm = load_model_and_tokenizer(o->model, o->common, /*need_tokenizer=*/false);
       const auto text = load_eval_text(o->w.dataset);
       const auto tokens = tokenize_for_eval(*base.tokenizer, text.text);
-      const auto opts = window_options(o->w, base.model.config, text.name);
+      auto opts = window_options(o->w, base.model.config, text.name);
+      if (o->protocol == "llama.cpp") opts.score_from = opts.seqlen / 2;
       const auto r = kl_divergence(base.model, lm.model, tokens, opts);
       std::printf("| model | base | data | windows | mean KLD | median KLD | p99 KLD | top-1 agree | ppl | base ppl |\n"
                   "|---|---|---|---|---|---|---|---|---|---|\n");
@@ -155,6 +163,7 @@ void register_eval(CLI::App& app) {
                             {"base", o->base},
                             {"kv_bits", o->common.kv_bits},
                             {"base_kv_bits", o->base_kv_bits},
+                            {"protocol", o->protocol},
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
                             {"run", run_info(o->common, &lm.model)}};

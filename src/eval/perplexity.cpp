@@ -59,6 +59,9 @@ KLDResult kl_divergence(const Model& base, const Model& model, const std::vector
     fail("kld: vocabularies differ (base {} vs model {})", base.config.vocab_size, model.config.vocab_size);
   const int64_t n = count_windows(tokens.size(), opts);
   if (n == 0) fail("text has {} tokens: fewer than one window of seqlen {}", tokens.size(), opts.seqlen);
+  if (opts.score_from < 0 || opts.score_from >= opts.seqlen - 1)
+    fail("kld: scoring from position {} of windows of {}", opts.score_from, opts.seqlen);
+  const int64_t from = opts.score_from;
   Progress progress("kld", n, opts.progress);
   std::vector<float> klds;
   klds.reserve(n * (opts.seqlen - 1));
@@ -66,9 +69,9 @@ KLDResult kl_divergence(const Model& base, const Model& model, const std::vector
   int64_t agree = 0;
   for (int64_t w = 0; w < n; ++w) {
     const auto ids = window_ids(tokens, w, opts.seqlen);
-    const auto lp = window_log_probs(base, ids).slice(0, 0, opts.seqlen - 1);
-    const auto lq = window_log_probs(model, ids).slice(0, 0, opts.seqlen - 1).to(lp.device());
-    const auto targets = ids[0].slice(0, 1).to(lp.device()).unsqueeze(1);
+    const auto lp = window_log_probs(base, ids).slice(0, from, opts.seqlen - 1);
+    const auto lq = window_log_probs(model, ids).slice(0, from, opts.seqlen - 1).to(lp.device());
+    const auto targets = ids[0].slice(0, from + 1).to(lp.device()).unsqueeze(1);
     nll_base += -lp.gather(1, targets).to(torch::kFloat64).mean().item<double>();
     nll_model += -lq.gather(1, targets).to(torch::kFloat64).mean().item<double>();
     // KL(P_base || Q_model) per position; clamp tiny negative rounding to zero.
@@ -82,6 +85,7 @@ KLDResult kl_divergence(const Model& base, const Model& model, const std::vector
   KLDResult r;
   r.windows = n;
   r.seqlen = opts.seqlen;
+  r.score_from = opts.score_from;
   r.tokens_scored = static_cast<int64_t>(klds.size());
   r.mean_kld = kld_sum / double(klds.size());
   std::sort(klds.begin(), klds.end());
@@ -111,7 +115,8 @@ nlohmann::json KLDResult::to_json() const {
   return {{"mean_kld", mean_kld},     {"median_kld", median_kld}, {"p99_kld", p99_kld},
           {"max_kld", max_kld},       {"top1_agreement", top1_agreement},
           {"base_ppl", base_ppl},     {"model_ppl", model_ppl},   {"windows", windows},
-          {"seqlen", seqlen},         {"tokens_scored", tokens_scored}, {"seconds", seconds}};
+          {"seqlen", seqlen},         {"score_from", score_from}, {"tokens_scored", tokens_scored},
+          {"seconds", seconds}};
 }
 
 }  // namespace toga

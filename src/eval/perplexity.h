@@ -2,8 +2,9 @@
 // Atom and the TOGA paper: the text tokenized once, split into windows of `seqlen` tokens (tail
 // dropped), every window scored from a fresh context, ppl = exp(mean over windows of the window's
 // mean NLL). KLD compares a model's next-token distribution with a base model's on the same
-// windows, as llama.cpp's perplexity tool reports it (mean, percentiles, top-1 agreement), except
-// that every predicted position of a window counts, not only its second half.
+// windows, as llama.cpp's perplexity tool reports it (mean, percentiles, top-1 agreement); every
+// predicted position of a window counts, or (score_from = seqlen / 2, llama-perplexity's
+// --kl-divergence protocol) only those of its second half.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -17,6 +18,7 @@ namespace toga {
 struct WindowOptions {
   int seqlen = 2048;
   int max_windows = 0;  // 0 = all
+  int score_from = 0;   // KLD: positions before this one of each window are context only
   bool progress = true;
 };
 
@@ -31,7 +33,7 @@ struct KLDResult {
   double mean_kld = 0, median_kld = 0, p99_kld = 0, max_kld = 0;
   double top1_agreement = 0;  // fraction of positions where both models' argmax agree
   double base_ppl = 0, model_ppl = 0;
-  int64_t windows = 0, seqlen = 0, tokens_scored = 0;
+  int64_t windows = 0, seqlen = 0, score_from = 0, tokens_scored = 0;
   double seconds = 0;
   nlohmann::json to_json() const;
 };

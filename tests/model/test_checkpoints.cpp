@@ -221,3 +221,29 @@ TEST(Checkpoints, KLDOfAModelAgainstItselfIsZero) {
   }
   EXPECT_NEAR(p.ppl, std::exp(nll / 4), 1e-4 * p.ppl);
 }
+
+TEST(Checkpoints, KLDOnTheSecondHalfOfEachWindowAsLlamaCppScoresIt) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  const Model base = load_model(open_checkpoint(stories260k_path()));
+  Model other = load_model(open_checkpoint(stories260k_path()));
+  other.blocks[2].up.weight.mul_(1.1);  // a perturbed model
+  std::vector<int> tokens(3 * 64);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7919) % 512);
+  WindowOptions w;
+  w.seqlen = 64;
+  w.score_from = 32;  // what `eval kld --protocol llama.cpp` sets: the second half of each window
+  w.progress = false;
+  const auto r = kl_divergence(base, other, tokens, w);
+  EXPECT_EQ(r.tokens_scored, 3 * 31);  // positions 32..62 predict tokens 33..63
+  double kld = 0;
+  torch::NoGradGuard ng;
+  for (int win = 0; win < 3; ++win) {
+    std::vector<int64_t> ids(tokens.begin() + win * 64, tokens.begin() + (win + 1) * 64);
+    const auto x = torch::tensor(ids).unsqueeze(0);
+    const auto lp = torch::log_softmax(base.forward(x)[0].to(torch::kFloat64), -1);
+    const auto lq = torch::log_softmax(other.forward(x)[0].to(torch::kFloat64), -1);
+    for (int t = 32; t < 63; ++t) kld += (lp[t].exp() * (lp[t] - lq[t])).sum().item<double>();
+  }
+  EXPECT_GT(r.mean_kld, 0.0);
+  EXPECT_NEAR(r.mean_kld, kld / (3 * 31), 1e-5 * r.mean_kld);
+}
