@@ -65,7 +65,6 @@ void register_bench(CLI::App& app) {
     std::string model, engine = "runtime", json;
     int prompt = 512, generate = 128, reps = 3;
     bool profile = false, force = false;
-    RuntimeOptions runtime;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model", o->model, "model: HF directory (plain or quantized), .gguf file or llama2.c .bin")->required();
@@ -74,9 +73,6 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-r,--repetitions", o->reps, "repetitions of each test")->capture_default_str();
   cmd->add_option("--engine", o->engine, "runtime (libtorch-free, packed kernels) or torch")
       ->check(CLI::IsMember({"runtime", "torch"}))
-      ->capture_default_str();
-  cmd->add_option("--lm-head", o->runtime.lm_head, "runtime engine: as-stored, or int8 (per-row RTN at load)")
-      ->check(CLI::IsMember({"as-stored", "int8"}))
       ->capture_default_str();
   cmd->add_flag("--profile", o->profile, "seconds per operator of one pp and one tg run (runtime engine)");
   cmd->add_option("--json", o->json, "write the results as JSON here (a new file)");
@@ -103,7 +99,7 @@ void register_bench(CLI::App& app) {
     int64_t bytes = 0;
     if (o->engine == "runtime") {
       if (o->common.dtype != "fp32") fail("bench: the runtime forward computes in fp32 (leave --dtype, or use --engine torch)");
-      runtime = export_runtime(lm.model, o->runtime);
+      runtime = export_runtime(lm.model, {o->common.lm_head});
       session = std::make_unique<rt::Session>(*runtime, int64_t(ids.size()) + 1);
       logits.resize(size_t(vocab));
       engine = {[&] { session->reset(); },
@@ -173,7 +169,7 @@ void register_bench(CLI::App& app) {
       nlohmann::json j = {{"model", o->model},
                           {"engine", o->engine},
                           {"kernels", kernels},
-                          {"lm_head", o->engine == "runtime" ? o->runtime.lm_head : "as-stored"},
+                          {"lm_head", o->common.lm_head},
                           {"isa", rt::isa_name(rt::selected_isa())},
                           {"weight_bytes", bytes},
                           {"results", jr},

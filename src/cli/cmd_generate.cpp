@@ -39,7 +39,6 @@ void register_generate(CLI::App& app) {
     SamplingOptions sampling;
     bool raw_special = false;
     std::string engine = "auto";
-    RuntimeOptions runtime;
   };
   auto o = std::make_shared<Opts>();
   o->sampling.max_new_tokens = 256;
@@ -55,9 +54,6 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--engine", o->engine,
                   "auto: the libtorch-free runtime forward when it can run the model (fp32), else libtorch; runtime; torch")
       ->check(CLI::IsMember({"auto", "runtime", "torch"}))
-      ->capture_default_str();
-  cmd->add_option("--lm-head", o->runtime.lm_head, "runtime engine: as-stored, or int8 (per-row RTN at load)")
-      ->check(CLI::IsMember({"as-stored", "int8"}))
       ->capture_default_str();
   add_common_options(cmd, o->common);
   cmd->callback([o] {
@@ -88,7 +84,7 @@ void register_generate(CLI::App& app) {
     std::shared_ptr<const rt::Transformer> runtime;
     if (o->engine == "runtime" || (o->engine == "auto" && o->common.dtype == "fp32" && !o->common.fake_quant)) {
       try {
-        runtime = export_runtime(lm.model, o->runtime);
+        runtime = export_runtime(lm.model, {o->common.lm_head});
       } catch (const Error& e) {
         if (o->engine == "runtime") throw;
         std::fprintf(stderr, "[generate] libtorch forward: %s\n", e.what());

@@ -1,11 +1,14 @@
 #include "cli/common.h"
 
+#include "model/runtime_export.h"
+
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 
 #include "data/text.h"
+#include "model/runtime_export.h"
 #include "model/threads.h"
 #include "quant/format.h"
 #include "util/atomic_file.h"
@@ -24,6 +27,10 @@ void add_common_options(CLI::App* cmd, CommonOptions& o) {
                   "as the checkpoint says)");
   cmd->add_flag("--fake-quant", o.fake_quant,
                 "run quantized checkpoints as fake-quantized floats (the reference path) instead of the packed integer kernels");
+  cmd->add_option("--lm-head", o.lm_head,
+                  "as-stored, or int8: an FP lm_head quantized per row (symmetric RTN) at load, in every forward")
+      ->check(CLI::IsMember({"as-stored", "int8"}))
+      ->capture_default_str();
 }
 
 void apply_common_options(const CommonOptions& o) { set_threads(o.threads); }
@@ -36,6 +43,7 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOption
   opts.packed_kernels = !o.fake_quant;
   const Checkpoint ck = open_checkpoint(path);
   lm.model = load_any_model(ck, opts);
+  if (o.lm_head == "int8") use_int8_lm_head(lm.model);
   if (o.kv_bits != 0) {
     QuantSpec kv{o.kv_bits, false, 0};
     validate(kv);

@@ -19,6 +19,7 @@ struct CommonOptions {
   std::string tokenizer;  // override the tokenizer found beside the model
   int kv_bits = 0;        // 0: as the checkpoint says; 16: unquantized; 2..8: fake-quantize the KV cache
   bool fake_quant = false;  // quantized checkpoints on fake-quantized floats instead of the packed kernels
+  std::string lm_head = "as-stored";  // or "int8": per-row RTN at load (model/runtime_export.h)
 };
 
 void add_common_options(CLI::App* cmd, CommonOptions& o);

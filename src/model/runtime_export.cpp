@@ -41,21 +41,34 @@ rt::Linear export_linear(const LinearSite& s) {
 }
 
 // A float linear as INT8 weight-only codes, one symmetric scale per row.
-rt::Linear int8_rows(const rt::Linear& dense, const torch::Tensor& weight) {
-  const torch::Tensor w = weight.detach().to(torch::kCPU, torch::kFloat32).contiguous();
-  torch::Tensor scale = w.abs().amax(1, true) / 127.0f;
-  scale = torch::where(scale > 0, scale, torch::ones_like(scale));
-  const torch::Tensor codes = torch::round(w / scale).clamp(-127, 127).to(torch::kInt8).contiguous();
-  const torch::Tensor zeros = torch::zeros_like(scale);
+rt::Linear int8_linear(const rt::Linear& dense, const torch::Tensor& weight) {
+  torch::Tensor codes, scales;
+  int8_rows(weight, codes, scales);
+  const torch::Tensor zeros = torch::zeros_like(scales);
   rt::Linear l = dense;
   l.kind = rt::LinearKind::kWeightOnly;
   l.dense = {};
-  l.packed = rt::pack_weight(codes.data_ptr<int8_t>(), scale.data_ptr<float>(), zeros.data_ptr<float>(), w.size(0), w.size(1),
-                             {{0, w.size(1), 8}});
+  l.packed = rt::pack_weight(codes.data_ptr<int8_t>(), scales.data_ptr<float>(), zeros.data_ptr<float>(), codes.size(0),
+                             codes.size(1), {{0, codes.size(1), 8}});
   return l;
 }
 
 }  // namespace
+
+void int8_rows(const torch::Tensor& weight, torch::Tensor& codes, torch::Tensor& scales) {
+  const torch::Tensor w = weight.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  scales = w.abs().amax(1, true) / 127.0f;
+  scales = torch::where(scales > 0, scales, torch::ones_like(scales)).contiguous();
+  codes = torch::round(w / scales).clamp(-127, 127).to(torch::kInt8).contiguous();
+}
+
+void use_int8_lm_head(Model& model) {
+  LinearSite& head = model.lm_head;
+  if (head.kernel && head.kernel->runtime_linear()) fail("--lm-head int8: the checkpoint's lm_head is already quantized");
+  torch::Tensor codes, scales;
+  int8_rows(head.weight, codes, scales);
+  head.weight = (codes.to(torch::kFloat32) * scales).to(head.weight.device(), head.weight.scalar_type());
+}
 
 std::shared_ptr<const rt::Transformer> export_runtime(const Model& m, const RuntimeOptions& options) {
   const ModelConfig& c = m.config;
@@ -75,7 +88,7 @@ std::shared_ptr<const rt::Transformer> export_runtime(const Model& m, const Runt
   t.lm_head = export_linear(m.lm_head);
   if (options.lm_head == "int8") {
     if (t.lm_head.kind != rt::LinearKind::kDense) fail("--lm-head int8: the checkpoint's lm_head is already quantized");
-    t.lm_head = int8_rows(t.lm_head, m.lm_head.weight);
+    t.lm_head = int8_linear(t.lm_head, m.lm_head.weight);
   } else if (options.lm_head != "as-stored") {
     fail("unknown lm_head setting '{}' (as-stored or int8)", options.lm_head);
   }

@@ -21,4 +21,10 @@ struct RuntimeOptions {
 
 std::shared_ptr<const rt::Transformer> export_runtime(const Model& model, const RuntimeOptions& options = {});
 
+// lm_head's INT8 form (per output row, symmetric RTN): codes int8 [out, in] and scales float [out, 1].
+void int8_rows(const torch::Tensor& weight, torch::Tensor& codes, torch::Tensor& scales);
+// Replaces an FP lm_head by its INT8 form, dequantized (untied from the embedding): what the libtorch
+// forward evaluates for `--lm-head int8`, so quality is measured on the weights the runtime streams.
+void use_int8_lm_head(Model& model);
+
 }  // namespace toga

@@ -121,3 +121,25 @@ TEST(RuntimeForward, WhatItCannotRunIsRefusedByName) {
     EXPECT_NE(std::string(e.what()).find("up_proj"), std::string::npos) << e.what();
   }
 }
+
+TEST(RuntimeForward, Int8LmHeadIsWhatTheLibtorchForwardEvaluates) {
+  ModelConfig c = tiny_config(Family::Llama);
+  c.tie_word_embeddings = true;
+  Model m = random_model(c, 21);
+  const torch::Tensor embed_before = m.embed.clone();
+  use_int8_lm_head(m);
+  EXPECT_TRUE(torch::equal(m.embed, embed_before)) << "the embedding must stay FP (untied)";
+  // Each row: at most 255 distinct values, the row's absmax kept exactly.
+  const torch::Tensor w = m.lm_head.weight;
+  const torch::Tensor steps = w / (embed_before.abs().amax(1, true) / 127.0f);
+  EXPECT_LT((steps - steps.round()).abs().max().item<double>(), 1e-3);
+  EXPECT_GT((w - embed_before).abs().max().item<double>(), 0.0);
+  const auto ids = random_ids(c.vocab_size, 10, 2);
+  const torch::Tensor want = torch_logits(m, ids);
+  RuntimeOptions o;
+  o.lm_head = "int8";
+  const auto t = export_runtime(m, o);
+  EXPECT_EQ(t->lm_head.kind, rt::LinearKind::kWeightOnly);
+  const torch::Tensor got = runtime_logits(*t, ids, 10);
+  EXPECT_LT((got - want).abs().max().item<double>(), 1e-4 * want.abs().max().item<double>());
+}
