@@ -53,11 +53,12 @@ void register_eval(CLI::App& app) {
     struct Opts {
       CommonOptions common;
       WindowFlags w;
-      std::string model;
+      std::string model, engine = "auto";
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("model", o->model, "model: HF directory, .gguf file, llama2.c .bin")->required();
     add_window_flags(cmd, o->w);
+    add_engine_option(cmd, o->engine);
     add_common_options(cmd, o->common);
     cmd->callback([o] {
       apply_common_options(o->common);
@@ -66,7 +67,8 @@ void register_eval(CLI::App& app) {
       const auto text = load_eval_text(o->w.dataset);
       const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
       const auto opts = window_options(o->w, lm.model.config, text.name);
-      const auto r = perplexity(lm.model, tokens, opts);
+      const auto runtime = choose_engine(lm.model, o->common, o->engine, "ppl");
+      const auto r = runtime ? perplexity(*runtime, tokens, opts) : perplexity(lm.model, tokens, opts);
       std::printf("| model | data | seqlen | windows | tokens | ppl | tok/s |\n|---|---|---|---|---|---|---|\n");
       std::printf("| %s | %s | %lld | %lld | %lld | %.4f | %.0f |\n", o->model.c_str(), text.name.c_str(),
                   (long long)r.seqlen, (long long)r.windows, (long long)r.tokens_total, r.ppl, r.tokens_per_second);
@@ -76,6 +78,7 @@ void register_eval(CLI::App& app) {
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
                             {"run", run_info(o->common, &lm.model)}};
+        j["run"]["engine"] = runtime ? "runtime" : "libtorch";
         write_json(o->w.json, j, o->w.force);
       }
     });

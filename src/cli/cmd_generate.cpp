@@ -5,7 +5,6 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "model/generate.h"
-#include "model/runtime_export.h"
 #include "tokenizer/chat.h"
 #include "util/error.h"
 
@@ -51,10 +50,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--top-p", o->sampling.top_p, "nucleus sampling mass")->capture_default_str();
   cmd->add_option("--seed", o->sampling.seed, "sampling seed")->capture_default_str();
   cmd->add_flag("--special", o->raw_special, "parse control tokens written in --prompt");
-  cmd->add_option("--engine", o->engine,
-                  "auto: the libtorch-free runtime forward when it can run the model (fp32), else libtorch; runtime; torch")
-      ->check(CLI::IsMember({"auto", "runtime", "torch"}))
-      ->capture_default_str();
+  add_engine_option(cmd, o->engine);
   add_common_options(cmd, o->common);
   cmd->callback([o] {
     apply_common_options(o->common);
@@ -79,17 +75,7 @@ void register_generate(CLI::App& app) {
     if (tok.bos_id >= 0) stops.push_back(tok.bos_id);  // llama2.c's run.c stops on BOS too
     for (int id : lm.model.config.eos_token_ids) stops.push_back(id);
 
-    // The runtime forward runs fp32 activations on the packed kernels; --fake-quant, other dtypes
-    // and what it cannot run (said by export_runtime) stay on libtorch.
-    std::shared_ptr<const rt::Transformer> runtime;
-    if (o->engine == "runtime" || (o->engine == "auto" && o->common.dtype == "fp32" && !o->common.fake_quant)) {
-      try {
-        runtime = export_runtime(lm.model, {o->common.lm_head});
-      } catch (const Error& e) {
-        if (o->engine == "runtime") throw;
-        std::fprintf(stderr, "[generate] libtorch forward: %s\n", e.what());
-      }
-    }
+    const auto runtime = choose_engine(lm.model, o->common, o->engine, "generate");
     std::vector<int> generated;
     size_t printed = 0;
     GenerateStats stats;

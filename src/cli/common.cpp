@@ -115,6 +115,26 @@ nlohmann::json run_info(const CommonOptions& o, const Model* model) {
   return j;
 }
 
+std::shared_ptr<const rt::Transformer> choose_engine(const Model& model, const CommonOptions& o, const std::string& engine,
+                                                     const char* verb) {
+  if (engine == "torch" || (engine == "auto" && (o.dtype != "fp32" || o.fake_quant))) return nullptr;
+  try {
+    return export_runtime(model, {o.lm_head});
+  } catch (const Error& e) {
+    if (engine == "runtime") throw;
+    std::fprintf(stderr, "[%s] libtorch forward: %s\n", verb, e.what());
+    return nullptr;
+  }
+}
+
+void add_engine_option(CLI::App* cmd, std::string& engine) {
+  cmd->add_option("--engine", engine,
+                  "auto: the libtorch-free runtime forward when it can run the model (fp32, no --fake-quant), else "
+                  "libtorch; runtime; torch")
+      ->check(CLI::IsMember({"auto", "runtime", "torch"}))
+      ->capture_default_str();
+}
+
 void write_json(const std::string& path, const nlohmann::json& j, bool force) {
   write_text_atomically(path, j.dump(2) + "\n", force ? OnExisting::kReplace : OnExisting::kRefuse);
   std::fprintf(stderr, "wrote %s\n", path.c_str());

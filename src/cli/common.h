@@ -9,6 +9,7 @@
 #include <string>
 
 #include "model/model.h"
+#include "runtime/transformer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace toga::cli {
@@ -55,6 +56,14 @@ std::vector<int> tokenize_for_eval(const Tokenizer& tok, const std::string& text
 // Version, threads, dtype, date; with a model, also which kernels its linear layers ran on
 // ({"packed-avx512vnni": 210, "dense": 1}): a measured number says which path made it.
 nlohmann::json run_info(const CommonOptions& o, const Model* model = nullptr);
+
+// The forward a verb runs: `engine` "runtime" (the libtorch-free forward; an error when it cannot run
+// the model), "torch", or "auto" (runtime for fp32 without --fake-quant when export_runtime can
+// build it, else libtorch with the reason on stderr). Null = libtorch.
+std::shared_ptr<const rt::Transformer> choose_engine(const Model& model, const CommonOptions& o, const std::string& engine,
+                                                     const char* verb);
+// Adds the --engine flag (default auto).
+void add_engine_option(CLI::App* cmd, std::string& engine);
 // Writes JSON atomically (and prints where) to a new path, or with `force` over an existing file.
 void write_json(const std::string& path, const nlohmann::json& j, bool force);
 

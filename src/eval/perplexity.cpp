@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "util/error.h"
 #include "util/progress.h"
@@ -25,18 +26,15 @@ torch::Tensor window_log_probs(const Model& model, const torch::Tensor& ids) {
   return torch::log_softmax(logits[0].to(torch::kFloat32), -1);
 }
 
-PerplexityResult perplexity(const Model& model, const std::vector<int>& tokens, const WindowOptions& opts) {
-  torch::NoGradGuard no_grad;
+// Windows, progress and the result; `window_nll` gives one window's mean NLL over its predictions.
+static PerplexityResult perplexity_over_windows(const std::vector<int>& tokens, const WindowOptions& opts,
+                                                const std::function<double(const int* ids)>& window_nll) {
   const int64_t n = count_windows(tokens.size(), opts);
   if (n == 0) fail("text has {} tokens: fewer than one window of seqlen {}", tokens.size(), opts.seqlen);
   Progress progress("ppl", n, opts.progress);
   double nll_sum = 0.0;
   for (int64_t w = 0; w < n; ++w) {
-    const auto ids = window_ids(tokens, w, opts.seqlen);
-    const auto logp = window_log_probs(model, ids);
-    const auto targets = ids[0].slice(0, 1).to(logp.device());
-    const auto nll = -logp.slice(0, 0, opts.seqlen - 1).gather(1, targets.unsqueeze(1)).squeeze(1);
-    nll_sum += nll.to(torch::kFloat64).mean().item<double>();
+    nll_sum += window_nll(tokens.data() + w * opts.seqlen);
     progress.update(w + 1, fmt::format("ppl {:.4f}", std::exp(nll_sum / double(w + 1))), (w + 1) * opts.seqlen);
   }
   PerplexityResult r;
@@ -50,6 +48,44 @@ PerplexityResult perplexity(const Model& model, const std::vector<int>& tokens, 
   r.tokens_per_second = double(n * opts.seqlen) / std::max(r.seconds, 1e-9);
   progress.finish(fmt::format("ppl {:.4f}", r.ppl));
   return r;
+}
+
+PerplexityResult perplexity(const Model& model, const std::vector<int>& tokens, const WindowOptions& opts) {
+  torch::NoGradGuard no_grad;
+  return perplexity_over_windows(tokens, opts, [&](const int* window) {
+    const auto ids = window_ids(std::vector<int>(window, window + opts.seqlen), 0, opts.seqlen);
+    const auto logp = window_log_probs(model, ids);
+    const auto targets = ids[0].slice(0, 1).to(logp.device());
+    const auto nll = -logp.slice(0, 0, opts.seqlen - 1).gather(1, targets.unsqueeze(1)).squeeze(1);
+    return nll.to(torch::kFloat64).mean().item<double>();
+  });
+}
+
+PerplexityResult perplexity(const rt::Transformer& model, const std::vector<int>& tokens, const WindowOptions& opts) {
+  // Logits a chunk of positions at a time (a whole 2048-token window of a 49k vocabulary would be
+  // 400 MB); the cache carries the context between chunks.
+  constexpr int64_t kChunk = 256;
+  rt::Session session(model, opts.seqlen);
+  std::vector<float> logits(size_t(kChunk * model.vocab));
+  return perplexity_over_windows(tokens, opts, [&](const int* window) {
+    session.reset();
+    const std::vector<int32_t> ids(window, window + opts.seqlen);
+    double nll = 0;
+    for (int64_t c0 = 0; c0 < opts.seqlen; c0 += kChunk) {
+      const int64_t len = std::min<int64_t>(kChunk, opts.seqlen - c0);
+      session.forward(ids.data() + c0, len, logits.data(), true);
+      const int64_t scored = std::min<int64_t>(len, opts.seqlen - 1 - c0);  // the last position predicts nothing
+#pragma omp parallel for reduction(+ : nll) schedule(static)
+      for (int64_t p = 0; p < scored; ++p) {
+        const float* row = logits.data() + p * model.vocab;
+        const float top = *std::max_element(row, row + model.vocab);
+        double sum = 0;
+        for (int64_t v = 0; v < model.vocab; ++v) sum += std::exp(double(row[v] - top));
+        nll += double(top) + std::log(sum) - double(row[ids[size_t(c0 + p + 1)]]);
+      }
+    }
+    return nll / double(opts.seqlen - 1);
+  });
 }
 
 KLDResult kl_divergence(const Model& base, const Model& model, const std::vector<int>& tokens,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "runtime/transformer.h"
 
 namespace toga {
 
@@ -42,6 +43,8 @@ struct KLDResult {
 int64_t count_windows(size_t n_tokens, const WindowOptions& opts);
 
 PerplexityResult perplexity(const Model& model, const std::vector<int>& tokens, const WindowOptions& opts);
+// The same windows on the libtorch-free runtime forward (runtime/transformer.h).
+PerplexityResult perplexity(const rt::Transformer& model, const std::vector<int>& tokens, const WindowOptions& opts);
 KLDResult kl_divergence(const Model& base, const Model& model, const std::vector<int>& tokens,
                         const WindowOptions& opts);
 
