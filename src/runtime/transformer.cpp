@@ -1,5 +1,7 @@
 #include "runtime/transformer.h"
 
+#include "runtime/attention.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -39,31 +41,6 @@ void rope(float* x, int64_t d, const float* cs) {
     const float a = x[i], b = x[i + half], c = cs[i], s = cs[half + i];
     x[i] = a * c - b * s;
     x[i + half] = b * c + a * s;
-  }
-}
-
-// Softmax(q·Kᵀ·scale)·V for one query over `count` key rows; cloned for AVX-512 (the build's
-// baseline is plain x86-64), the loops vectorized by OpenMP's simd.
-__attribute__((target_clones("avx512f", "default"))) void attend(const float* q, const float* keys, const float* values,
-                                                                int64_t count, int64_t d, float scale, float* scores,
-                                                                float* out) {
-  float best = -std::numeric_limits<float>::infinity();
-  for (int64_t s = 0; s < count; ++s) {
-    const float* k = keys + s * d;
-    float acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < d; ++i) acc += q[i] * k[i];
-    scores[s] = acc * scale;
-    best = std::max(best, scores[s]);
-  }
-  float sum = 0;
-  for (int64_t s = 0; s < count; ++s) sum += (scores[s] = std::exp(scores[s] - best));
-  for (int64_t i = 0; i < d; ++i) out[i] = 0;
-  for (int64_t s = 0; s < count; ++s) {
-    const float p = scores[s] / sum;
-    const float* v = values + s * d;
-#pragma omp simd
-    for (int64_t i = 0; i < d; ++i) out[i] += p * v[i];
   }
 }
 
@@ -258,14 +235,26 @@ void Session::block(int layer, int64_t n) {
   }
   attn_.resize(size_t(n * nh * d));
   const float scale = float(1.0 / std::sqrt(double(d)));
-#pragma omp parallel for schedule(dynamic, 4) if (n * nh > 8)
-  for (int64_t job = 0; job < n * nh; ++job) {
-    const int64_t t = job / nh, h = job % nh, kvh = h / groups, pos = start + t;
-    const int64_t first = m_.sliding_window > 0 ? std::max<int64_t>(0, pos - m_.sliding_window + 1) : 0;
+  const int64_t tiles = (n + 15) / 16;
+  const Isa isa = m_.lm_head.isa;
+#pragma omp parallel for schedule(dynamic, 1) if (tiles * nh > 1)
+  for (int64_t job = 0; job < tiles * nh; ++job) {
+    const int64_t h = job % nh, t0 = (job / nh) * 16, kvh = h / groups;
+    AttentionTile a;
+    a.q = q_.data() + (t0 * nh + h) * d;
+    a.q_stride = nh * d;
+    a.nq = int(std::min<int64_t>(16, n - t0));
+    a.pos0 = start + t0;
+    a.window = m_.sliding_window;
+    a.keys = keys + kvh * head_stride;
+    a.values = values + kvh * head_stride;
+    a.head_dim = d;
+    a.scale = scale;
+    a.out = attn_.data() + (t0 * nh + h) * d;
+    a.out_stride = nh * d;
     thread_local std::vector<float> scores;
-    scores.resize(size_t(pos - first + 1));
-    attend(q_.data() + (t * nh + h) * d, keys + kvh * head_stride + first * d, values + kvh * head_stride + first * d,
-           pos - first + 1, d, scale, scores.data(), attn_.data() + (t * nh + h) * d);
+    scores.resize(size_t(16 * (a.pos0 + a.nq)));
+    attend(a, scores.data(), isa);
   }
   timer.mark(kAttention);
   o_.resize(size_t(n * b.o.rows));
