@@ -1,5 +1,7 @@
 #include "runtime/attention.h"
 
+#include "runtime/vector_math.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -18,23 +20,6 @@ namespace toga::rt {
 namespace {
 
 int64_t first_key(const AttentionTile& a, int64_t pos) { return a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0; }
-
-// exp for x ≤ 0 (softmax after subtracting the max): 2^k·p(r), r = x − k·ln2 in [−ln2/2, ln2/2],
-// degree-6 polynomial (relative error ~2e-7); below −87 it returns 0.
-__attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
-}
 
 __attribute__((target("avx512f"))) void attend_avx512(const AttentionTile& a, float* scores) {
   const int64_t d = a.head_dim, last = a.pos0 + a.nq - 1, first = first_key(a, a.pos0);
@@ -68,8 +53,8 @@ __attribute__((target("avx512f"))) void attend_avx512(const AttentionTile& a, fl
   for (int64_t s = first; s <= last; ++s) {
     float* row = scores + (s - first) * 16;
     const __m512 x = _mm512_loadu_ps(row);
-    // Masked keys (−inf) weigh exactly 0 (the polynomial alone would give 2^-126).
-    const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, minus_inf, _CMP_NEQ_OQ), exp_nonpositive(_mm512_sub_ps(x, best)));
+    // Masked keys (−inf) weigh exactly 0 (exp_avx512 clamps its argument at −87).
+    const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, minus_inf, _CMP_NEQ_OQ), exp_avx512(_mm512_sub_ps(x, best)));
     _mm512_storeu_ps(row, e);
     sum = _mm512_add_ps(sum, e);
   }

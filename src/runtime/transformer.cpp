@@ -1,6 +1,7 @@
 #include "runtime/transformer.h"
 
 #include "runtime/attention.h"
+#include "runtime/vector_math.h"
 
 #include <algorithm>
 #include <chrono>
@@ -272,11 +273,7 @@ void Session::block(int layer, int64_t n) {
   b.gate.forward(h_.data(), n, H, gate_.data(), scratch_);
   b.up.forward(h_.data(), n, H, up_.data(), scratch_);
   timer.mark(kGateUp);
-#pragma omp parallel for schedule(static) if (n * inner > 65536)
-  for (int64_t i = 0; i < n * inner; ++i) {
-    const float g = gate_[size_t(i)];
-    gate_[size_t(i)] = g / (1.0f + std::exp(-g)) * up_[size_t(i)];
-  }
+  silu_mul(gate_.data(), up_.data(), n * inner, m_.lm_head.isa);
   timer.mark(kSwiglu);
   o_.resize(size_t(n * b.down.rows));
   b.down.forward(gate_.data(), n, inner, o_.data(), scratch_);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/attention.h"
+#include "runtime/vector_math.h"
 
 using namespace toga::rt;
 
@@ -59,3 +60,21 @@ void check_isa(Isa isa) {
 
 TEST(Attention, ScalarPathMatchesTheDefinition) { check_isa(Isa::kScalar); }
 TEST(Attention, Avx512TileMatchesTheDefinition) { check_isa(Isa::kAvx512Vnni); }
+
+TEST(VectorMath, ExpAndSiluMatchLibm) {
+  for (Isa isa : available_isas()) {
+    std::vector<float> x, y;
+    for (float v = -87.0f; v <= 88.0f; v += 0.01234f) x.push_back(v);
+    y.resize(x.size());
+    exp_array(x.data(), y.data(), int64_t(x.size()), isa);
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_NEAR(y[i], std::exp(double(x[i])), 5e-7 * std::exp(double(x[i]))) << isa_name(isa) << " at " << x[i];
+    std::vector<float> gate(x.begin(), x.end()), up(x.size(), 0.5f);
+    for (auto& g : gate) g /= 4;
+    silu_mul(gate.data(), up.data(), int64_t(gate.size()), isa);
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double g = x[i] / 4.0, want = g / (1 + std::exp(-g)) * 0.5;
+      ASSERT_NEAR(gate[i], want, 1e-6 * std::max(1.0, std::fabs(want))) << isa_name(isa) << " at " << g;
+    }
+  }
+}
