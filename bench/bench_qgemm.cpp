@@ -152,7 +152,7 @@ void BM_Qgemm(benchmark::State& state, Shape s, int64_t m, int threads) {
   int64_t iters = 0;
   for (auto _ : state) {
     const auto t0 = Clock::now();
-    toga::rt::quantize_activations(x.data(), m, w, aq, qx);
+    toga::rt::quantize_activations(x.data(), m, w, aq, qx, isa);
     toga::rt::qgemm(qx, w, y.data(), isa);
     benchmark::DoNotOptimize(y.data());
     wall += std::chrono::duration<double>(Clock::now() - t0).count();

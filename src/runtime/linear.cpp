@@ -7,7 +7,7 @@ namespace toga::rt {
 void Linear::forward(const float* x, int64_t tokens, int64_t x_width, float* y, LinearScratch& scratch) const {
   if (in_index.empty() && x_width != cols) fail("linear: input width {} for {} columns", x_width, cols);
   if (kind == LinearKind::kWeightActivation) {
-    quantize_activations(x, tokens, packed, act, scratch.codes, in_index.empty() ? nullptr : in_index.data(), x_width);
+    quantize_activations(x, tokens, packed, act, scratch.codes, isa, in_index.empty() ? nullptr : in_index.data(), x_width);
     qgemm(scratch.codes, packed, y, isa);
   } else {
     const float* in = x;

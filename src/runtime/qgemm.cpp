@@ -26,8 +26,10 @@ int container_bits(int bits) {
   return bits <= 2 ? bits : bits <= 4 ? 4 : 8;
 }
 
-// The AVX-512 VNNI kernel (qgemm_avx512.cpp).
+// The AVX-512 VNNI kernel and activation quantizer (qgemm_avx512.cpp).
 void qgemm_avx512vnni(const QuantizedActivations& x, const PackedWeight& w, float* y);
+void quantize_block_avx512(const float* row, const int32_t* gather, int64_t begin, int64_t end, int64_t padded,
+                           float clip_factor, int bits, int8_t* codes, float& scale_out, int32_t& sum_out);
 
 PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* zeros, int64_t rows, int64_t cols,
                          const std::vector<ColumnBlock>& blocks) {
@@ -93,7 +95,7 @@ PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* 
 }
 
 void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w, const ActivationQuant& q,
-                          QuantizedActivations& out, const int32_t* gather, int64_t x_width) {
+                          QuantizedActivations& out, Isa isa, const int32_t* gather, int64_t x_width) {
   check_integer_layout(w);
   if (!gather) x_width = w.cols;
   const int64_t nb = int64_t(w.blocks.size());
@@ -110,6 +112,12 @@ void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w,
     auto at = [&](int64_t k) { return gather ? row[gather[k]] : row[k]; };
     for (int64_t bi = 0; bi < nb; ++bi) {
       const ColumnBlock& b = w.blocks[size_t(bi)];
+      if (isa != Isa::kScalar) {
+        quantize_block_avx512(row, gather, b.begin, b.end, w.padded[size_t(bi)], float(q.clip[size_t(bi)] * kSymmetricTieBreak),
+                              b.bits, out.codes.data() + t * w.padded_cols + w.x_offset[size_t(bi)],
+                              out.scales[size_t(t * nb + bi)], out.sums[size_t(t * nb + bi)]);
+        continue;
+      }
       float absmax = 0;
       for (int64_t k = b.begin; k < b.end; ++k) absmax = std::max(absmax, std::fabs(at(k)));
       if (!(absmax > 0)) absmax = 1;  // an all-zero group: any finite scale, codes 0

@@ -75,8 +75,9 @@ struct QuantizedActivations {
 
 // x [tokens, cols] float in the weight's column order; or, with `gather`, x [tokens, x_width] and
 // column k of the weight reads x[t][gather[k]] (the reorder and pruning index fused into the pass).
+// Both kernel families compute the same codes (the scalar formula, vectorized).
 void quantize_activations(const float* x, int64_t tokens, const PackedWeight& w, const ActivationQuant& q,
-                          QuantizedActivations& out, const int32_t* gather = nullptr, int64_t x_width = 0);
+                          QuantizedActivations& out, Isa isa, const int32_t* gather = nullptr, int64_t x_width = 0);
 
 // y [tokens, rows] = the quantized product (bias not included), on the given kernel family.
 void qgemm(const QuantizedActivations& x, const PackedWeight& w, float* y, Isa isa);

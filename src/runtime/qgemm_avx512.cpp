@@ -10,8 +10,9 @@
 #include "runtime/qgemm.h"
 
 // GCC 12's unmasked intrinsics pass _mm512_undefined_*() as their merge source; once inlined it
-// reports those as maybe-uninitialized (a false positive).
+// reports those as (maybe-)uninitialized (a false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace toga::rt {
 
@@ -102,6 +103,41 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void run_panels(const Qua
 }
 
 }  // namespace
+
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
+
+// 16 (masked) columns of a row from column k on, through the gather index when there is one.
+__attribute__((target("avx512f"), always_inline)) inline __m512 load_columns(const float* row, const int32_t* gather,
+                                                                             int64_t k, __mmask16 m) {
+  if (!gather) return _mm512_maskz_loadu_ps(m, row + k);
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, gather + k), row, 4);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void quantize_block_avx512(const float* row, const int32_t* gather, int64_t begin,
+                                                                       int64_t end, int64_t padded, float clip_factor, int bits,
+                                                                       int8_t* codes, float& scale_out, int32_t& sum_out) {
+  const int64_t width = end - begin;
+  __m512 mx = _mm512_setzero_ps();
+  for (int64_t j = 0; j < width; j += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(load_columns(row, gather, begin + j, tail_mask(width - j))));
+  float absmax = _mm512_reduce_max_ps(mx);
+  if (!(absmax > 0)) absmax = 1;  // an all-zero group: any finite scale, codes 0
+  // The scalar path's formula (qgemm.cpp), so both give the fake-quant codes.
+  const float scale = (2.0f * absmax) * clip_factor / float((1 << bits) - 1);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const __m512i lo = _mm512_set1_epi32(-(1 << (bits - 1))), hi = _mm512_set1_epi32((1 << (bits - 1)) - 1);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t j = 0; j < width; j += 16) {
+    const __mmask16 m = tail_mask(width - j);
+    // Division as the reference does it; conversion rounds to nearest even, as nearbyint.
+    __m512i c = _mm512_cvtps_epi32(_mm512_div_ps(load_columns(row, gather, begin + j, m), vscale));
+    c = _mm512_min_epi32(_mm512_max_epi32(c, lo), hi);
+    sum = _mm512_add_epi32(sum, _mm512_maskz_mov_epi32(m, c));
+    _mm512_mask_cvtepi32_storeu_epi8(codes + j, m, c);
+  }
+  for (int64_t j = width; j < padded; ++j) codes[j] = 0;
+  scale_out = scale;
+  sum_out = _mm512_reduce_add_epi32(sum);
+}
 
 void qgemm_avx512vnni(const QuantizedActivations& x, const PackedWeight& w, float* y) {
   const int64_t pairs = (w.panels + 1) / 2;

@@ -67,7 +67,7 @@ void check_isa(Isa isa) {
     for (auto& v : x) v = normal(rng) * (std::uniform_real_distribution<float>(0, 1)(rng) < 0.02f ? 20.0f : 1.0f);
     const PackedWeight w = pack_weight(codes.data(), scales.data(), zeros.data(), s.rows, s.cols, s.blocks);
     QuantizedActivations qx;
-    quantize_activations(x.data(), s.tokens, w, {std::vector<double>(size_t(nb), 0.9)}, qx);
+    quantize_activations(x.data(), s.tokens, w, {std::vector<double>(size_t(nb), 0.9)}, qx, isa);
     // The activation codes without padding, for the reference.
     std::vector<int8_t> xc(size_t(s.tokens * s.cols));
     for (int64_t t = 0; t < s.tokens; ++t)
@@ -96,29 +96,47 @@ TEST(QGemm, ScalarKernelMatchesTheDefinition) { check_isa(Isa::kScalar); }
 TEST(QGemm, Avx512VnniKernelMatchesTheDefinition) { check_isa(Isa::kAvx512Vnni); }
 
 TEST(QGemm, ActivationCodesFollowTheFakeQuantFormula) {
-  const std::vector<ColumnBlock> blocks = atom(20, 4, 8);  // INT4 groups of 8 and 8, INT8 salient 4
-  std::vector<int8_t> codes(20, 0);
+  // INT4 groups of 16 and 3 (a ragged tail), INT8 salient 5: vector widths and tails both.
+  const std::vector<ColumnBlock> blocks = {{0, 16, 4}, {16, 19, 4}, {19, 24, 8}};
+  std::vector<int8_t> codes(24, 0);
   std::vector<float> scales(blocks.size(), 1.0f), zeros(blocks.size(), 0.0f);
-  const PackedWeight w = pack_weight(codes.data(), scales.data(), zeros.data(), 1, 20, blocks);
-  std::vector<float> x(20);
-  for (int k = 0; k < 20; ++k) x[size_t(k)] = float(k % 7) - 3.5f + 0.01f * float(k);
-  QuantizedActivations q;
-  quantize_activations(x.data(), 1, w, {{1.0, 0.9, 1.0}}, q);
+  const PackedWeight w = pack_weight(codes.data(), scales.data(), zeros.data(), 1, 24, blocks);
+  std::vector<float> x(24);
+  for (int k = 0; k < 24; ++k) x[size_t(k)] = float(k % 7) - 3.5f + 0.01f * float(k);
+  x[20] = 0.5f * x[21];  // a tie-free value near another's half
   const double clip[] = {1.0, 0.9, 1.0};
-  for (size_t b = 0; b < blocks.size(); ++b) {
-    double absmax = 0;
-    for (int64_t k = blocks[b].begin; k < blocks[b].end; ++k) absmax = std::max(absmax, std::fabs(double(x[size_t(k)])));
-    const float scale = float(2 * absmax * clip[b] * (1 + 1.0 / 65536) / double((1 << blocks[b].bits) - 1));
-    EXPECT_FLOAT_EQ(q.scales[b], scale);
-    int sum = 0;
-    for (int64_t k = blocks[b].begin; k < blocks[b].end; ++k) {
-      const double lo = -(1 << (blocks[b].bits - 1)), hi = (1 << (blocks[b].bits - 1)) - 1;
-      const int want = int(std::clamp(std::nearbyint(double(x[size_t(k)] / q.scales[b])), lo, hi));
-      EXPECT_EQ(q.codes[size_t(w.x_offset[b] + k - blocks[b].begin)], want) << k;
-      sum += want;
-    }
-    EXPECT_EQ(q.sums[b], sum);
+  // The same row read through a gather index (the reorder fused into the pass): x sits reversed
+  // inside a wider row.
+  std::vector<float> wide(30, 100.0f);
+  std::vector<int32_t> gather(24);
+  for (int k = 0; k < 24; ++k) {
+    gather[size_t(k)] = 29 - k;
+    wide[size_t(29 - k)] = x[size_t(k)];
   }
+  for (Isa isa : available_isas())
+    for (bool gathered : {false, true}) {
+      SCOPED_TRACE(testing::Message() << isa_name(isa) << (gathered ? ", gathered" : ""));
+      QuantizedActivations q;
+      q.codes.assign(64, 99);  // poisoned: padding must be written as zeros
+      if (gathered) quantize_activations(wide.data(), 1, w, {{1.0, 0.9, 1.0}}, q, isa, gather.data(), 30);
+      else quantize_activations(x.data(), 1, w, {{1.0, 0.9, 1.0}}, q, isa);
+      for (size_t b = 0; b < blocks.size(); ++b) {
+        double absmax = 0;
+        for (int64_t k = blocks[b].begin; k < blocks[b].end; ++k) absmax = std::max(absmax, std::fabs(double(x[size_t(k)])));
+        const float scale = float(2 * absmax * clip[b] * (1 + 1.0 / 65536) / double((1 << blocks[b].bits) - 1));
+        EXPECT_FLOAT_EQ(q.scales[b], scale);
+        int sum = 0;
+        for (int64_t k = blocks[b].begin; k < blocks[b].end; ++k) {
+          const double lo = -(1 << (blocks[b].bits - 1)), hi = (1 << (blocks[b].bits - 1)) - 1;
+          const int want = int(std::clamp(std::nearbyint(double(x[size_t(k)] / q.scales[b])), lo, hi));
+          EXPECT_EQ(q.codes[size_t(w.x_offset[b] + k - blocks[b].begin)], want) << k;
+          sum += want;
+        }
+        for (int64_t k = blocks[b].end - blocks[b].begin; k < w.padded[b]; ++k)
+          EXPECT_EQ(q.codes[size_t(w.x_offset[b] + k)], 0) << "padding of block " << b;
+        EXPECT_EQ(q.sums[b], sum);
+      }
+    }
 }
 
 TEST(QGemm, BadLayoutsAreRefused) {

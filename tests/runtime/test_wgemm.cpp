@@ -121,5 +121,5 @@ TEST(WGemm, FractionalZeroPointsAreRefusedByTheIntegerGemm) {
   EXPECT_FALSE(w.integer_zeros);
   std::vector<float> x(16, 1.0f);
   QuantizedActivations q;
-  EXPECT_THROW(quantize_activations(x.data(), 1, w, {{1.0}}, q), Error);
+  EXPECT_THROW(quantize_activations(x.data(), 1, w, {{1.0}}, q, Isa::kScalar), Error);
 }
