@@ -53,6 +53,19 @@ rt::Linear int8_linear(const rt::Linear& dense, const torch::Tensor& weight) {
   return l;
 }
 
+// Fuses linears that read one input into `into` (rows stacked) when their storage allows; the
+// parts then keep only their shapes.
+void fuse(rt::Linear& into, std::initializer_list<rt::Linear*> parts) {
+  rt::Linear fused = **parts.begin();
+  for (auto it = parts.begin() + 1; it != parts.end(); ++it)
+    if (!rt::append_rows(fused, **it)) return;
+  into = std::move(fused);
+  for (rt::Linear* p : parts) {
+    p->dense = {};
+    p->packed = {};
+  }
+}
+
 }  // namespace
 
 void int8_rows(const torch::Tensor& weight, torch::Tensor& codes, torch::Tensor& scales) {
@@ -106,6 +119,8 @@ std::shared_ptr<const rt::Transformer> export_runtime(const Model& m, const Runt
     rb.gate = export_linear(b.gate);
     rb.up = export_linear(b.up);
     rb.down = export_linear(b.down);
+    fuse(rb.qkv, {&rb.q, &rb.k, &rb.v});
+    fuse(rb.gate_up, {&rb.gate, &rb.up});
     rb.heads = b.q.out_features() / c.head_dim;
     rb.kv_heads = b.k.out_features() / c.head_dim;
     rb.attn_out = indices(b.o.out_index);

@@ -22,13 +22,14 @@ namespace {
 int64_t first_key(const AttentionTile& a, int64_t pos) { return a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0; }
 
 __attribute__((target("avx512f"))) void attend_avx512(const AttentionTile& a, float* scores) {
-  const int64_t d = a.head_dim, last = a.pos0 + a.nq - 1, first = first_key(a, a.pos0);
+  const int64_t d = a.head_dim, last = a.pos0 + (a.nq - 1) * a.pos_step, first = first_key(a, a.pos0);
   // Queries transposed: qt[i] holds element i of the 16 queries (zero beyond nq).
   alignas(64) float qt[256][16];
   for (int64_t i = 0; i < d; ++i)
     for (int j = 0; j < 16; ++j) qt[i][j] = j < a.nq ? a.q[j * a.q_stride + i] * a.scale : 0.0f;
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i query_pos = _mm512_add_epi32(_mm512_set1_epi32(int32_t(a.pos0)), lane);
+  const __m512i query_pos =
+      _mm512_add_epi32(_mm512_set1_epi32(int32_t(a.pos0)), _mm512_mullo_epi32(lane, _mm512_set1_epi32(int32_t(a.pos_step))));
   const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 best = minus_inf;
   for (int64_t s = first; s <= last; ++s) {
@@ -82,7 +83,7 @@ void attend_reference(const AttentionTile& a) {
   const int64_t d = a.head_dim;
   std::vector<double> scores;
   for (int j = 0; j < a.nq; ++j) {
-    const int64_t pos = a.pos0 + j, first = first_key(a, pos);
+    const int64_t pos = a.pos0 + j * a.pos_step, first = first_key(a, pos);
     const float* q = a.q + j * a.q_stride;
     scores.assign(size_t(pos - first + 1), 0.0);
     double best = -std::numeric_limits<double>::infinity(), sum = 0;
@@ -103,6 +104,7 @@ void attend_reference(const AttentionTile& a) {
 
 void attend(const AttentionTile& a, float* scratch, Isa isa) {
   if (a.nq < 1 || a.nq > 16) fail("attention tile of {} queries (1..16)", a.nq);
+  if (a.pos_step != 0 && a.pos_step != 1) fail("attention tile: position step {} (0 or 1)", a.pos_step);
   if (isa == Isa::kScalar || a.head_dim > 256) return attend_reference(a);
   attend_avx512(a, scratch);
 }

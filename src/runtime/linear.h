@@ -41,4 +41,9 @@ struct Linear {
   int64_t weight_bytes() const;
 };
 
+// Appends `b`'s rows to `a` when both read the same input the same way (kind, columns, gather index,
+// column blocks, activation clips; `a`'s rows a whole number of panels), so one activation pass and
+// one product serve both (q/k/v, gate/up). False, and `a` unchanged, otherwise.
+bool append_rows(Linear& a, const Linear& b);
+
 }  // namespace toga::rt

@@ -116,7 +116,7 @@ enum Op { kNorms, kQkv, kRope, kAttention, kOProj, kGateUp, kSwiglu, kDown, kLmH
 int64_t Transformer::linear_bytes() const {
   int64_t total = lm_head.weight_bytes();
   for (const auto& b : blocks)
-    for (const Linear* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) total += l->weight_bytes();
+    for (const Linear* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down, &b.qkv, &b.gate_up}) total += l->weight_bytes();
   return total;
 }
 
@@ -191,9 +191,21 @@ void Session::block(int layer, int64_t n) {
   q_.resize(size_t(n * nh * d));
   k_.resize(size_t(n * nkv * d));
   v_.resize(size_t(n * nkv * d));
-  b.q.forward(h_.data(), n, H, q_.data(), scratch_);
-  b.k.forward(h_.data(), n, H, k_.data(), scratch_);
-  b.v.forward(h_.data(), n, H, v_.data(), scratch_);
+  if (b.qkv.rows > 0) {
+    fused_.resize(size_t(n * b.qkv.rows));
+    b.qkv.forward(h_.data(), n, H, fused_.data(), scratch_);
+    const int64_t qr = nh * d, kr = nkv * d;
+    for (int64_t t = 0; t < n; ++t) {
+      const float* row = fused_.data() + t * b.qkv.rows;
+      std::memcpy(q_.data() + t * qr, row, size_t(qr) * sizeof(float));
+      std::memcpy(k_.data() + t * kr, row + qr, size_t(kr) * sizeof(float));
+      std::memcpy(v_.data() + t * kr, row + qr + kr, size_t(kr) * sizeof(float));
+    }
+  } else {
+    b.q.forward(h_.data(), n, H, q_.data(), scratch_);
+    b.k.forward(h_.data(), n, H, k_.data(), scratch_);
+    b.v.forward(h_.data(), n, H, v_.data(), scratch_);
+  }
   timer.mark(kQkv);
 #pragma omp parallel for schedule(static) if (n > 16)
   for (int64_t t = 0; t < n; ++t) {
@@ -236,25 +248,41 @@ void Session::block(int layer, int64_t n) {
   }
   attn_.resize(size_t(n * nh * d));
   const float scale = float(1.0 / std::sqrt(double(d)));
-  const int64_t tiles = (n + 15) / 16;
+  // Prefill: tiles of 16 consecutive positions of one head. A decode step (one position): a tile per
+  // KV head holding the query heads that read it (up to 16), so its lanes are not mostly idle.
+  const bool by_group = n == 1 && groups <= 16;
+  const int64_t tiles = by_group ? nkv : (n + 15) / 16 * nh;
   const Isa isa = m_.lm_head.isa;
-#pragma omp parallel for schedule(dynamic, 1) if (tiles * nh > 1)
-  for (int64_t job = 0; job < tiles * nh; ++job) {
-    const int64_t h = job % nh, t0 = (job / nh) * 16, kvh = h / groups;
+#pragma omp parallel for schedule(dynamic, 1) if (tiles > 1)
+  for (int64_t job = 0; job < tiles; ++job) {
     AttentionTile a;
-    a.q = q_.data() + (t0 * nh + h) * d;
-    a.q_stride = nh * d;
-    a.nq = int(std::min<int64_t>(16, n - t0));
-    a.pos0 = start + t0;
+    int64_t kvh = 0;
+    if (by_group) {
+      kvh = job;
+      a.q = q_.data() + kvh * groups * d;
+      a.q_stride = d;
+      a.nq = int(groups);
+      a.pos0 = start;
+      a.pos_step = 0;
+      a.out = attn_.data() + kvh * groups * d;
+      a.out_stride = d;
+    } else {
+      const int64_t h = job % nh, t0 = (job / nh) * 16;
+      kvh = h / groups;
+      a.q = q_.data() + (t0 * nh + h) * d;
+      a.q_stride = nh * d;
+      a.nq = int(std::min<int64_t>(16, n - t0));
+      a.pos0 = start + t0;
+      a.out = attn_.data() + (t0 * nh + h) * d;
+      a.out_stride = nh * d;
+    }
     a.window = m_.sliding_window;
     a.keys = keys + kvh * head_stride;
     a.values = values + kvh * head_stride;
     a.head_dim = d;
     a.scale = scale;
-    a.out = attn_.data() + (t0 * nh + h) * d;
-    a.out_stride = nh * d;
     thread_local std::vector<float> scores;
-    scores.resize(size_t(16 * (a.pos0 + a.nq)));
+    scores.resize(size_t(16 * (start + n)));
     attend(a, scores.data(), isa);
   }
   timer.mark(kAttention);
@@ -270,8 +298,17 @@ void Session::block(int layer, int64_t n) {
   const int64_t inner = b.gate.rows;
   gate_.resize(size_t(n * inner));
   up_.resize(size_t(n * inner));
-  b.gate.forward(h_.data(), n, H, gate_.data(), scratch_);
-  b.up.forward(h_.data(), n, H, up_.data(), scratch_);
+  if (b.gate_up.rows > 0) {
+    fused_.resize(size_t(n * 2 * inner));
+    b.gate_up.forward(h_.data(), n, H, fused_.data(), scratch_);
+    for (int64_t t = 0; t < n; ++t) {
+      std::memcpy(gate_.data() + t * inner, fused_.data() + t * 2 * inner, size_t(inner) * sizeof(float));
+      std::memcpy(up_.data() + t * inner, fused_.data() + (t * 2 + 1) * inner, size_t(inner) * sizeof(float));
+    }
+  } else {
+    b.gate.forward(h_.data(), n, H, gate_.data(), scratch_);
+    b.up.forward(h_.data(), n, H, up_.data(), scratch_);
+  }
   timer.mark(kGateUp);
   silu_mul(gate_.data(), up_.data(), n * inner, m_.lm_head.isa);
   timer.mark(kSwiglu);

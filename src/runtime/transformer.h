@@ -23,6 +23,9 @@ struct TransformerBlock {
   std::vector<float> attn_norm, mlp_norm;  // [hidden]
   std::vector<float> q_norm, k_norm;       // [head_dim] (Qwen3) or empty
   Linear q, k, v, o, gate, up, down;
+  // q/k/v and gate/up as one linear each when they read their input the same way (append_rows):
+  // then the parts keep only their shapes, and rows == 0 here means "not fused".
+  Linear qkv, gate_up;
   int64_t heads = 0, kv_heads = 0;
   // Residual channels o_proj's and down_proj's rows are added to; empty = all, in order.
   std::vector<int32_t> attn_out, mlp_out;
@@ -78,7 +81,7 @@ class Session {
   const Transformer& m_;
   int64_t capacity_, length_ = 0, row_bytes_ = 0;
   std::vector<LayerCache> cache_;
-  std::vector<float> x_, h_, q_, k_, v_, attn_, o_, gate_, up_, kf_, vf_;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, o_, gate_, up_, kf_, vf_, fused_;
   LinearScratch scratch_;
   OpProfile* profile_ = nullptr;
 };

@@ -100,6 +100,11 @@ TEST(RuntimeForward, QuantizedCheckpointsMatchTheirPackedLibtorchForward) {
     const torch::Tensor want = torch_logits(packed, ids);
     const auto t = export_runtime(packed);
     EXPECT_EQ(t->kv.bits, options.kv.bits);
+    // q/k/v and gate/up share their input order and blocks: each pair runs as one linear.
+    for (const auto& b : t->blocks) {
+      EXPECT_EQ(b.qkv.rows, b.heads * c.head_dim + 2 * b.kv_heads * c.head_dim);
+      EXPECT_EQ(b.gate_up.rows, 2 * b.down.cols);
+    }
     for (int64_t prefill : {int64_t(20), int64_t(6)}) {
       const torch::Tensor got = runtime_logits(*t, ids, prefill);
       const double kld = mean_kld(want, got);
@@ -108,6 +113,31 @@ TEST(RuntimeForward, QuantizedCheckpointsMatchTheirPackedLibtorchForward) {
       EXPECT_LT(kld, 1e-4) << "prefill " << prefill;
     }
   }
+}
+
+TEST(RuntimeForward, LinearsReadingTheirInputDifferentlyAreNotFused) {
+  rt::Linear a, b;
+  a.kind = b.kind = rt::LinearKind::kDense;
+  a.rows = 16;
+  b.rows = 8;
+  a.cols = b.cols = 4;
+  std::vector<float> wa(16 * 4, 1.0f), wb(8 * 4, 2.0f);
+  a.dense = rt::pack_dense(wa.data(), 16, 4);
+  b.dense = rt::pack_dense(wb.data(), 8, 4);
+  b.in_index = {3, 2, 1, 0};
+  EXPECT_FALSE(rt::append_rows(a, b));  // another column order
+  EXPECT_EQ(a.rows, 16);
+  b.in_index.clear();
+  ASSERT_TRUE(rt::append_rows(a, b));
+  EXPECT_EQ(a.rows, 24);
+  std::vector<float> x(4, 1.0f), y(24, 0.0f);
+  rt::LinearScratch scratch;
+  a.forward(x.data(), 1, 4, y.data(), scratch);
+  EXPECT_FLOAT_EQ(y[0], 4.0f);
+  EXPECT_FLOAT_EQ(y[23], 8.0f);
+  rt::Linear c = b;
+  c.rows = b.rows;
+  EXPECT_FALSE(rt::append_rows(b, c)) << "8 rows are not a whole panel";
 }
 
 TEST(RuntimeForward, WhatItCannotRunIsRefusedByName) {

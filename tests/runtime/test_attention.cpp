@@ -24,9 +24,11 @@ void check_isa(Isa isa) {
   for (int64_t d : {64, 40})
     for (int64_t window : {0, 5})
       for (int nq : {1, 3, 16})
-        for (int64_t pos0 : {0, 37}) {
-          SCOPED_TRACE(testing::Message() << "d " << d << " window " << window << " nq " << nq << " pos0 " << pos0);
-          const int64_t keys = pos0 + nq;
+        for (int64_t pos0 : {0, 37})
+          for (int64_t step : {1, 0}) {  // consecutive positions, or one position's grouped heads
+          SCOPED_TRACE(testing::Message() << "d " << d << " window " << window << " nq " << nq << " pos0 " << pos0
+                                          << " step " << step);
+          const int64_t keys = pos0 + (nq - 1) * step + 1;
           std::vector<float> q(size_t(nq * 3 * d)), k(size_t(keys * d)), v(size_t(keys * d));
           for (auto* buf : {&q, &k, &v})
             for (auto& x : *buf) x = 2 * normal(rng);
@@ -36,6 +38,7 @@ void check_isa(Isa isa) {
           a.q_stride = 3 * d;  // queries interleaved with other heads, as the runtime stores them
           a.nq = nq;
           a.pos0 = pos0;
+          a.pos_step = step;
           a.window = window;
           a.keys = k.data();
           a.values = v.data();
