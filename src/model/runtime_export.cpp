@@ -1,5 +1,7 @@
 #include "model/runtime_export.h"
 
+#include <cstdlib>
+
 #include "util/error.h"
 
 namespace toga {
@@ -56,6 +58,7 @@ rt::Linear int8_linear(const rt::Linear& dense, const torch::Tensor& weight) {
 // Fuses linears that read one input into `into` (rows stacked) when their storage allows; the
 // parts then keep only their shapes.
 void fuse(rt::Linear& into, std::initializer_list<rt::Linear*> parts) {
+  if (const char* env = std::getenv("TOGA_RUNTIME_FUSE"); env && std::string(env) == "0") return;  // A/B benchmarks
   rt::Linear fused = **parts.begin();
   for (auto it = parts.begin() + 1; it != parts.end(); ++it)
     if (!rt::append_rows(fused, **it)) return;

@@ -301,16 +301,14 @@ void Session::block(int layer, int64_t n) {
   if (b.gate_up.rows > 0) {
     fused_.resize(size_t(n * 2 * inner));
     b.gate_up.forward(h_.data(), n, H, fused_.data(), scratch_);
-    for (int64_t t = 0; t < n; ++t) {
-      std::memcpy(gate_.data() + t * inner, fused_.data() + t * 2 * inner, size_t(inner) * sizeof(float));
-      std::memcpy(up_.data() + t * inner, fused_.data() + (t * 2 + 1) * inner, size_t(inner) * sizeof(float));
-    }
+    timer.mark(kGateUp);
+    silu_mul_rows(fused_.data(), n, inner, gate_.data(), m_.lm_head.isa);
   } else {
     b.gate.forward(h_.data(), n, H, gate_.data(), scratch_);
     b.up.forward(h_.data(), n, H, up_.data(), scratch_);
+    timer.mark(kGateUp);
+    silu_mul(gate_.data(), up_.data(), n * inner, m_.lm_head.isa);
   }
-  timer.mark(kGateUp);
-  silu_mul(gate_.data(), up_.data(), n * inner, m_.lm_head.isa);
   timer.mark(kSwiglu);
   o_.resize(size_t(n * b.down.rows));
   b.down.forward(gate_.data(), n, inner, o_.data(), scratch_);

@@ -28,6 +28,9 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 exp_avx512(__m51
 
 // gate[i] = gate[i] / (1 + e^−gate[i]) · up[i].
 void silu_mul(float* gate, const float* up, int64_t n, Isa isa);
+// The same over rows of [gate | up] (a fused gate/up product, each half `width` wide): out[t] =
+// silu(gate_t)·up_t, out [rows, width].
+void silu_mul_rows(const float* fused, int64_t rows, int64_t width, float* out, Isa isa);
 // exp over an array (for the tests of exp_avx512).
 void exp_array(const float* x, float* y, int64_t n, Isa isa);
 
