@@ -127,7 +127,7 @@ void register_eval(CLI::App& app) {
       WindowFlags w;
       std::string model, base;
       int base_kv_bits = 0;
-      std::string protocol = "all-positions";
+      std::string protocol = "all-positions", engine = "auto";
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("model", o->model, "the model to measure")->required();
@@ -136,6 +136,7 @@ void register_eval(CLI::App& app) {
                     "--seqlen), only their second half scored, as llama-perplexity --kl-divergence")
         ->check(CLI::IsMember({"all-positions", "llama.cpp"}))
         ->capture_default_str();
+    add_engine_option(cmd, o->engine);
     cmd->add_option("--base", o->base, "the reference model (e.g. the uncompressed checkpoint)")->required();
     cmd->add_option("--base-kv-bits", o->base_kv_bits,
                     "KV-cache bits of the base (default: as its checkpoint says; --kv-bits applies to the model only)");
@@ -154,7 +155,11 @@ void register_eval(CLI::App& app) {
       const auto tokens = tokenize_for_eval(*base.tokenizer, text.text);
       auto opts = window_options(o->w, base.model.config, text.name);
       if (o->protocol == "llama.cpp") opts.score_from = opts.seqlen / 2;
-      const auto r = kl_divergence(base.model, lm.model, tokens, opts);
+      // Both models on the runtime forward, or both on libtorch.
+      auto base_rt = choose_engine(base.model, base_common, o->engine, "kld");
+      auto model_rt = base_rt ? choose_engine(lm.model, o->common, o->engine, "kld") : nullptr;
+      const bool runtime = base_rt && model_rt;
+      const auto r = runtime ? kl_divergence(*base_rt, *model_rt, tokens, opts) : kl_divergence(base.model, lm.model, tokens, opts);
       std::printf("| model | base | data | windows | mean KLD | median KLD | p99 KLD | top-1 agree | ppl | base ppl |\n"
                   "|---|---|---|---|---|---|---|---|---|---|\n");
       std::printf("| %s | %s | %s | %lld | %.6f | %.6f | %.6f | %.2f%% | %.4f | %.4f |\n", o->model.c_str(),
@@ -170,6 +175,7 @@ void register_eval(CLI::App& app) {
                             {"data", {{"name", text.name}, {"path", text.path}, {"protocol", text.protocol}}},
                             {"result", r.to_json()},
                             {"run", run_info(o->common, &lm.model)}};
+        j["run"]["engine"] = runtime ? "runtime" : "libtorch";
         write_json(o->w.json, j, o->w.force);
       }
     });

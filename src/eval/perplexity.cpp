@@ -88,6 +88,32 @@ PerplexityResult perplexity(const rt::Transformer& model, const std::vector<int>
   });
 }
 
+// Quantiles, agreement and perplexities from every scored position's KLD (sorted here).
+static KLDResult finish_kld(std::vector<float>& klds, double kld_sum, int64_t agree, double nll_base, double nll_model,
+                            int64_t n, const WindowOptions& opts, Progress& progress) {
+  KLDResult r;
+  r.windows = n;
+  r.seqlen = opts.seqlen;
+  r.score_from = opts.score_from;
+  r.tokens_scored = static_cast<int64_t>(klds.size());
+  r.mean_kld = kld_sum / double(klds.size());
+  std::sort(klds.begin(), klds.end());
+  auto quantile = [&](double q) {
+    const double pos = q * double(klds.size() - 1);
+    const size_t lo = static_cast<size_t>(std::floor(pos)), hi = std::min(lo + 1, klds.size() - 1);
+    return double(klds[lo]) + (pos - double(lo)) * double(klds[hi] - klds[lo]);
+  };
+  r.median_kld = quantile(0.5);
+  r.p99_kld = quantile(0.99);
+  r.max_kld = klds.back();
+  r.top1_agreement = double(agree) / double(klds.size());
+  r.base_ppl = std::exp(nll_base / double(n));
+  r.model_ppl = std::exp(nll_model / double(n));
+  r.seconds = progress.elapsed_seconds();
+  progress.finish(fmt::format("mean KLD {:.6f}, top-1 agreement {:.2f}%", r.mean_kld, 100 * r.top1_agreement));
+  return r;
+}
+
 KLDResult kl_divergence(const Model& base, const Model& model, const std::vector<int>& tokens,
                         const WindowOptions& opts) {
   torch::NoGradGuard no_grad;
@@ -118,27 +144,69 @@ KLDResult kl_divergence(const Model& base, const Model& model, const std::vector
     agree += (lp.argmax(-1) == lq.argmax(-1)).sum().item<int64_t>();
     progress.update(w + 1, fmt::format("mean KLD {:.5f}", kld_sum / double(klds.size())), (w + 1) * opts.seqlen);
   }
-  KLDResult r;
-  r.windows = n;
-  r.seqlen = opts.seqlen;
-  r.score_from = opts.score_from;
-  r.tokens_scored = static_cast<int64_t>(klds.size());
-  r.mean_kld = kld_sum / double(klds.size());
-  std::sort(klds.begin(), klds.end());
-  auto quantile = [&](double q) {
-    const double pos = q * double(klds.size() - 1);
-    const size_t lo = static_cast<size_t>(std::floor(pos)), hi = std::min(lo + 1, klds.size() - 1);
-    return double(klds[lo]) + (pos - double(lo)) * double(klds[hi] - klds[lo]);
-  };
-  r.median_kld = quantile(0.5);
-  r.p99_kld = quantile(0.99);
-  r.max_kld = klds.back();
-  r.top1_agreement = double(agree) / double(klds.size());
-  r.base_ppl = std::exp(nll_base / double(n));
-  r.model_ppl = std::exp(nll_model / double(n));
-  r.seconds = progress.elapsed_seconds();
-  progress.finish(fmt::format("mean KLD {:.6f}, top-1 agreement {:.2f}%", r.mean_kld, 100 * r.top1_agreement));
-  return r;
+  return finish_kld(klds, kld_sum, agree, nll_base, nll_model, n, opts, progress);
+}
+
+KLDResult kl_divergence(const rt::Transformer& base, const rt::Transformer& model, const std::vector<int>& tokens,
+                        const WindowOptions& opts) {
+  if (base.vocab != model.vocab) fail("kld: vocabularies differ (base {} vs model {})", base.vocab, model.vocab);
+  const int64_t n = count_windows(tokens.size(), opts);
+  if (n == 0) fail("text has {} tokens: fewer than one window of seqlen {}", tokens.size(), opts.seqlen);
+  if (opts.score_from < 0 || opts.score_from >= opts.seqlen - 1)
+    fail("kld: scoring from position {} of windows of {}", opts.score_from, opts.seqlen);
+  constexpr int64_t kChunk = 128;
+  const int64_t V = base.vocab, from = opts.score_from, per_window = opts.seqlen - 1 - from;
+  rt::Session sb(base, opts.seqlen), sm(model, opts.seqlen);
+  std::vector<float> lb(size_t(kChunk * V)), lm(size_t(kChunk * V));
+  std::vector<float> klds(size_t(n * per_window));
+  double nll_base = 0, nll_model = 0, kld_sum = 0;
+  int64_t agree = 0;
+  Progress progress("kld", n, opts.progress);
+  for (int64_t w = 0; w < n; ++w) {
+    const std::vector<int32_t> ids(tokens.begin() + w * opts.seqlen, tokens.begin() + (w + 1) * opts.seqlen);
+    sb.reset();
+    sm.reset();
+    double wb = 0, wm = 0;
+    for (int64_t c0 = 0; c0 < opts.seqlen - 1; c0 += kChunk) {
+      const int64_t len = std::min<int64_t>(kChunk, opts.seqlen - c0);
+      sb.forward(ids.data() + c0, len, lb.data(), true);
+      sm.forward(ids.data() + c0, len, lm.data(), true);
+      const int64_t p0 = std::max<int64_t>(from, c0), p1 = std::min<int64_t>(c0 + len, opts.seqlen - 1);
+#pragma omp parallel for schedule(static) reduction(+ : wb, wm, kld_sum, agree)
+      for (int64_t p = p0; p < p1; ++p) {
+        // In float64: log-softmax of both rows, KL(P_base || Q_model), NLLs, argmaxes.
+        const float* xb = lb.data() + (p - c0) * V;
+        const float* xm = lm.data() + (p - c0) * V;
+        int64_t ab = 0, am = 0;
+        for (int64_t v = 1; v < V; ++v) {
+          if (xb[v] > xb[ab]) ab = v;
+          if (xm[v] > xm[am]) am = v;
+        }
+        double zb = 0, zm = 0;
+        for (int64_t v = 0; v < V; ++v) {
+          zb += std::exp(double(xb[v]) - double(xb[ab]));
+          zm += std::exp(double(xm[v]) - double(xm[am]));
+        }
+        const double lse_b = double(xb[ab]) + std::log(zb), lse_m = double(xm[am]) + std::log(zm);
+        double kld = 0;
+        for (int64_t v = 0; v < V; ++v) {
+          const double pb = double(xb[v]) - lse_b;
+          kld += std::exp(pb) * (pb - (double(xm[v]) - lse_m));
+        }
+        kld = std::max(kld, 0.0);
+        klds[size_t(w * per_window + p - from)] = float(kld);
+        kld_sum += kld;
+        agree += ab == am;
+        const int target = ids[size_t(p + 1)];
+        wb += lse_b - double(xb[target]);
+        wm += lse_m - double(xm[target]);
+      }
+    }
+    nll_base += wb / double(per_window);
+    nll_model += wm / double(per_window);
+    progress.update(w + 1, fmt::format("mean KLD {:.5f}", kld_sum / double((w + 1) * per_window)), (w + 1) * opts.seqlen);
+  }
+  return finish_kld(klds, kld_sum, agree, nll_base, nll_model, n, opts, progress);
 }
 
 nlohmann::json PerplexityResult::to_json() const {

@@ -47,6 +47,9 @@ PerplexityResult perplexity(const Model& model, const std::vector<int>& tokens, 
 PerplexityResult perplexity(const rt::Transformer& model, const std::vector<int>& tokens, const WindowOptions& opts);
 KLDResult kl_divergence(const Model& base, const Model& model, const std::vector<int>& tokens,
                         const WindowOptions& opts);
+// The same on the runtime forward (float64 log-softmax per position, chunked logits).
+KLDResult kl_divergence(const rt::Transformer& base, const rt::Transformer& model, const std::vector<int>& tokens,
+                        const WindowOptions& opts);
 
 // log-probabilities [T, vocab] in float32 of one window's logits [1, T, vocab].
 torch::Tensor window_log_probs(const Model& model, const torch::Tensor& window_ids);

@@ -246,4 +246,11 @@ TEST(Checkpoints, KLDOnTheSecondHalfOfEachWindowAsLlamaCppScoresIt) {
   }
   EXPECT_GT(r.mean_kld, 0.0);
   EXPECT_NEAR(r.mean_kld, kld / (3 * 31), 1e-5 * r.mean_kld);
+  // The runtime forward's KLD (float64 log-softmax per position) agrees.
+  const auto rt = kl_divergence(*export_runtime(base), *export_runtime(other), tokens, w);
+  EXPECT_EQ(rt.tokens_scored, r.tokens_scored);
+  EXPECT_NEAR(rt.mean_kld, r.mean_kld, 1e-4 * r.mean_kld);
+  EXPECT_NEAR(rt.base_ppl, r.base_ppl, 1e-5 * r.base_ppl);
+  EXPECT_NEAR(rt.model_ppl, r.model_ppl, 1e-5 * r.model_ppl);
+  EXPECT_NEAR(rt.top1_agreement, r.top1_agreement, 2.0 / 93);
 }
