@@ -167,6 +167,8 @@ def main():
     ap.add_argument("--toga", default=os.path.join(ROOT, "build", "toga"))
     ap.add_argument("--work", default=os.path.join(ROOT, "out", "llama_cpp"))
     ap.add_argument("--toga-model", default=None, help="toga's W4A4 checkpoint (default: made under --work)")
+    ap.add_argument("--extra", action="append", default=[], metavar="PATH=LABEL",
+                    help="another toga checkpoint to bench and measure (a searched one), repeatable")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     result_path = os.path.join(ROOT, "docs", "results", "llama_cpp_compare.json")
@@ -186,9 +188,12 @@ def main():
         for name, path in files.items():
             rows.append({"engine": "llama.cpp", "model": name, "bytes": os.path.getsize(path),
                          **llama_speed(path, args.threads, args.reps, 512, 128)})
-        for label, model, extra in (("FP32 (GGUF dequantized)", GGUF, []),
-                                    ("W4A4 + 12.5% INT8 + KV4", toga_w4, []),
-                                    ("W4A4 + 12.5% INT8 + KV4, lm_head INT8", toga_w4, ["--lm-head", "int8"])):
+        runs = [("FP32 (GGUF dequantized)", GGUF, []), ("W4A4 + 12.5% INT8 + KV4", toga_w4, []),
+                ("W4A4 + 12.5% INT8 + KV4, lm_head INT8", toga_w4, ["--lm-head", "int8"])]
+        for spec in args.extra:
+            path, label = spec.split("=", 1)
+            runs.append((label + ", lm_head INT8", path, ["--lm-head", "int8"]))
+        for label, model, extra in runs:
             speeds, j = toga_bench(args.toga, model, args.threads, args.reps, extra,
                                    os.path.join(args.work, f"bench-{len(rows)}.json"))
             rows.append({"engine": "toga", "model": label, "bytes": j["weight_bytes"], "kernels": j["kernels"],
