@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the shipped data, bounded to a few minutes on 2 cores: SmolLM2-135M-Instruct
 # (GGUF) answers a question, its WikiText-2 perplexity on a slice, then an Atom-style W4A4 model
-# (12.5% INT8 salient channels, reorder, GPTQ, KV4) and its before/after numbers.
+# (12.5% INT8 salient channels, reorder, GPTQ, KV4) and its before/after numbers and speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOGA=build/toga
@@ -25,4 +25,8 @@ $TOGA eval kld "$OUT/w4a4-atom" --base "$MODEL" --max-windows 4 --json "$OUT/w4a
 
 echo "== compressed model answers =="
 $TOGA generate "$OUT/w4a4-atom" --chat "What is the capital of France?" -n 64
+
+echo "== speed, FP and compressed, on the runtime forward (llama-bench's prefill / decode tests) =="
+$TOGA bench "$MODEL" -p 256 -n 64 -r 2
+$TOGA bench "$OUT/w4a4-atom" -p 256 -n 64 -r 2 --lm-head int8
 echo "results in $OUT/"
