@@ -50,21 +50,27 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) int64_t vnni_loop(int64_t
   return _mm512_reduce_add_epi32(s);
 }
 
-void BM_VnniPeak(benchmark::State& state, int threads) {
-  const int64_t iters = 1 << 22;
+// Runs body(thread) on `threads` threads per iteration; returns the iterations per second.
+template <class Body>
+double runs_per_second(benchmark::State& state, int threads, Body body) {
   double wall = 0;
   int64_t runs = 0;
   for (auto _ : state) {
     const auto t0 = Clock::now();
-    int64_t sink = 0;
+    double sink = 0;
 #pragma omp parallel for num_threads(threads) reduction(+ : sink)
-    for (int t = 0; t < threads; ++t) sink += vnni_loop(iters);
+    for (int t = 0; t < threads; ++t) sink += double(body(t));
     benchmark::DoNotOptimize(sink);
     wall += std::chrono::duration<double>(Clock::now() - t0).count();
     ++runs;
   }
-  g_vnni_peak = 2.0 * 64 * 8 * double(iters) * threads * double(runs) / wall / 1e9;  // 64 MACs per instruction
-  state.counters["GOPS"] = g_vnni_peak;
+  return double(runs) / wall;
+}
+
+void BM_VnniPeak(benchmark::State& state, int threads) {
+  const int64_t iters = 1 << 22;
+  g_vnni_peak = 2.0 * 64 * 8 * double(iters) * threads * runs_per_second(state, threads, [&](int) { return vnni_loop(iters); }) / 1e9;
+  state.counters["GOPS"] = g_vnni_peak;  // 64 MACs per instruction
 }
 
 __attribute__((target("avx512f"))) float fma_loop(int64_t iters) {
@@ -80,18 +86,7 @@ __attribute__((target("avx512f"))) float fma_loop(int64_t iters) {
 
 void BM_FmaPeak(benchmark::State& state, int threads) {
   const int64_t iters = 1 << 22;
-  double wall = 0;
-  int64_t runs = 0;
-  for (auto _ : state) {
-    const auto t0 = Clock::now();
-    float sink = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : sink)
-    for (int t = 0; t < threads; ++t) sink += fma_loop(iters);
-    benchmark::DoNotOptimize(sink);
-    wall += std::chrono::duration<double>(Clock::now() - t0).count();
-    ++runs;
-  }
-  g_fma_peak = 2.0 * 16 * 12 * double(iters) * threads * double(runs) / wall / 1e9;
+  g_fma_peak = 2.0 * 16 * 12 * double(iters) * threads * runs_per_second(state, threads, [&](int) { return fma_loop(iters); }) / 1e9;
   state.counters["GFLOP/s"] = g_fma_peak;
 }
 
@@ -105,18 +100,8 @@ __attribute__((target("avx512f"))) int64_t read_sum(const int64_t* p, int64_t n)
 void BM_ReadPeak(benchmark::State& state, int threads) {
   const int64_t n = (int64_t(1) << 30) / 8;
   std::vector<int64_t> buf(size_t(n), 1);
-  double wall = 0;
-  int64_t runs = 0;
-  for (auto _ : state) {
-    const auto t0 = Clock::now();
-    int64_t sink = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : sink)
-    for (int t = 0; t < threads; ++t) sink += read_sum(buf.data() + n / threads * t, n / threads);
-    benchmark::DoNotOptimize(sink);
-    wall += std::chrono::duration<double>(Clock::now() - t0).count();
-    ++runs;
-  }
-  g_read_peak = double(n) * 8 * double(runs) / wall / 1e9;
+  const double rate = runs_per_second(state, threads, [&](int t) { return read_sum(buf.data() + n / threads * t, n / threads); });
+  g_read_peak = double(n) * 8 * rate / 1e9;
   state.counters["GB/s"] = g_read_peak;
 }
 

@@ -83,4 +83,10 @@ Isa selected_isa() {
   fail("TOGA_ISA={} is not a kernel family (scalar, avx512vnni)", pinned);
 }
 
+bool isa_available(Isa isa) {
+  for (Isa have : available_isas())
+    if (have == isa) return true;
+  return false;
+}
+
 }  // namespace toga::rt

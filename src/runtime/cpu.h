@@ -22,6 +22,7 @@ enum class Isa { kScalar, kAvx512Vnni };
 const char* isa_name(Isa isa);
 // Kernel families this CPU runs, best last.
 std::vector<Isa> available_isas();
+bool isa_available(Isa isa);
 // The best available, or TOGA_ISA's choice (an error naming what the CPU lacks).
 Isa selected_isa();
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "runtime/sgemm.h"
+#include "runtime/token_tiles.h"
 
 namespace toga::rt {
 
@@ -30,12 +31,7 @@ __attribute__((target("avx512f"))) void tile(const float* x, int64_t t0, const D
 }
 
 void run_panel(const float* x, int64_t tokens, const DenseWeight& w, float* y, int64_t panel) {
-  int64_t t = 0;
-  for (; t + 16 <= tokens; t += 16) tile<16>(x, t, w, panel, y);
-  if (t + 8 <= tokens) tile<8>(x, t, w, panel, y), t += 8;
-  if (t + 4 <= tokens) tile<4>(x, t, w, panel, y), t += 4;
-  if (t + 2 <= tokens) tile<2>(x, t, w, panel, y), t += 2;
-  if (t < tokens) tile<1>(x, t, w, panel, y);
+  for_each_token_tile(tokens, [&](auto width, int64_t t) { tile<decltype(width)::value>(x, t, w, panel, y); });
 }
 
 }  // namespace

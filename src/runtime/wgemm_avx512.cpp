@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "runtime/wgemm.h"
+#include "runtime/token_tiles.h"
 
 // GCC 12's unmasked intrinsics pass _mm512_undefined_*() as their merge source; once inlined and
 // unrolled it reports those as maybe-uninitialized (a false positive).
@@ -76,14 +77,8 @@ __attribute__((target("avx512f"))) void tile(const float* x, int64_t t0, const P
   for (int i = 0; i < T; ++i) _mm512_mask_storeu_ps(y + (t0 + i) * w.rows + panel * kPanel, row_mask, acc[i]);
 }
 
-// Every token for one panel: tiles of 16, the rest in 8, 4, 2, 1 (a decode step is one token).
 void run_panel(const float* x, int64_t tokens, const PackedWeight& w, float* y, int64_t panel) {
-  int64_t t = 0;
-  for (; t + 16 <= tokens; t += 16) tile<16>(x, t, w, panel, y);
-  if (t + 8 <= tokens) tile<8>(x, t, w, panel, y), t += 8;
-  if (t + 4 <= tokens) tile<4>(x, t, w, panel, y), t += 4;
-  if (t + 2 <= tokens) tile<2>(x, t, w, panel, y), t += 2;
-  if (t < tokens) tile<1>(x, t, w, panel, y);
+  for_each_token_tile(tokens, [&](auto width, int64_t t) { tile<decltype(width)::value>(x, t, w, panel, y); });
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "model/runtime_export.h"
 #include "model/tiny_model.h"
 #include "quant/format.h"
+#include "quant/packed_test_models.h"
 #include "quant/recipes.h"
 #include "test_util.h"
 #include "util/error.h"
@@ -64,32 +65,15 @@ TEST(RuntimeForward, MatchesTheLibtorchForwardForEveryFamily) {
 }
 
 TEST(RuntimeForward, QuantizedCheckpointsMatchTheirPackedLibtorchForward) {
-  ModelConfig c = tiny_config(Family::Llama);
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
+  const ModelConfig c = packed_test_config();
   torch::manual_seed(6);
   const torch::Tensor calib = torch::randint(c.vocab_size, {4, 32}, torch::kLong);
-  QuantizeOptions atom = find_recipe("atom").defaults();  // W4A4 + INT8 salient, KV4
-  atom.weight_low.group_size = atom.act_low.group_size = 24;
-  QuantizeOptions binary = find_recipe("atom").defaults();  // binary + INT4 salient, weight-only, KV16
-  binary.weight_low = {1, true, 24};
-  binary.weight_low.binary_centered = true;
-  binary.weight_high = {4, true, 0};
-  binary.act_low = binary.act_high = {16};
-  binary.salient_fraction = 0.2;
-  binary.kv = {16};
+  const QuantizeOptions atom = atom_ragged_options(), binary = binary_int4_options();
   for (const auto& [name, options] : {std::pair{"atom W4A4 KV4", atom}, std::pair{"binary + INT4", binary}}) {
     SCOPED_TRACE(name);
     Model m = random_model(c, 5);
     Plan plan = uniform_plan(m, options, "test");
-    BlockPruning keep;
-    keep.attn_in = torch::arange(0, 64, 2, torch::kLong);
-    keep.mlp_inner = torch::arange(0, 96, 3, torch::kLong);
-    keep.mlp_out = torch::arange(8, 64, torch::kLong);
-    plan.blocks[1] = keep;
+    plan.blocks[1] = pruned_block();
     const auto report = apply_plan(m, plan, calib, "test", false);
     ScratchDir dir;
     save_quantized_checkpoint(dir / "q", m, report, DType::F32, {});

@@ -12,6 +12,7 @@
 #include "model/tiny_model.h"
 #include "quant/format.h"
 #include "quant/packed_kernel.h"
+#include "quant/packed_test_models.h"
 #include "quant/recipes.h"
 #include "runtime/cpu.h"
 #include "test_util.h"
@@ -39,17 +40,10 @@ struct Config {
 };
 
 std::vector<Config> configs() {
-  QuantizeOptions atom = find_recipe("atom").defaults();  // W4A4 g128 + 12.5 % INT8, GPTQ, KV4
-  atom.weight_low.group_size = atom.act_low.group_size = 24;  // ragged: 56 low columns = 24 + 24 + 8
+  QuantizeOptions atom = atom_ragged_options();
   QuantizeOptions w4 = find_recipe("gptq").defaults();       // W4A16, asymmetric groups
   w4.weight_low = {4, false, 24};
-  QuantizeOptions binary = find_recipe("atom").defaults();   // W(1.6)A16: binary + INT4 salient
-  binary.weight_low = {1, true, 24};
-  binary.weight_low.binary_centered = true;
-  binary.weight_high = {4, true, 0};
-  binary.act_low = binary.act_high = {16};
-  binary.salient_fraction = 0.2;
-  binary.kv = {16};
+  QuantizeOptions binary = binary_int4_options();
   QuantizeOptions w3 = find_recipe("rtn").defaults();        // W3A16 per channel, in the INT4 container
   w3.weight_low = {3, true, 0};
   return {{"Atom W4A4 + INT8", atom, "packed-"},
@@ -61,12 +55,7 @@ std::vector<Config> configs() {
 }  // namespace
 
 TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
-  ModelConfig c = tiny_config(Family::Llama);
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
+  const ModelConfig c = packed_test_config();
   torch::manual_seed(6);
   const torch::Tensor calib = torch::randint(c.vocab_size, {4, 32}, torch::kLong);
   const torch::Tensor ids = torch::randint(c.vocab_size, {2, 24}, torch::kLong);
@@ -74,11 +63,7 @@ TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
     SCOPED_TRACE(config.name);
     Model m = random_model(c, 5);
     Plan plan = uniform_plan(m, config.options, "test");
-    BlockPruning keep;  // a pruned block (TOGA joint's output) is smaller matrices with index lists
-    keep.attn_in = torch::arange(0, 64, 2, torch::kLong);
-    keep.mlp_inner = torch::arange(0, 96, 3, torch::kLong);
-    keep.mlp_out = torch::arange(8, 64, torch::kLong);
-    plan.blocks[1] = keep;
+    plan.blocks[1] = pruned_block();
     const auto report = apply_plan(m, plan, calib, "test", false);
     ScratchDir dir;
     save_quantized_checkpoint(dir / "q", m, report, DType::F32, {});
@@ -86,9 +71,7 @@ TEST(PackedKernel, LogitsAgreeWithFakeQuantOnEveryKernelFamily) {
     torch::NoGradGuard no_grad;
     const torch::Tensor fake = load_any_model(ck, {}).forward(ids);
     for (rt::Isa isa : {rt::Isa::kScalar, rt::Isa::kAvx512Vnni}) {
-      bool have = false;
-      for (rt::Isa a : rt::available_isas()) have = have || a == isa;
-      if (!have) {
+      if (!rt::isa_available(isa)) {
         std::printf("[ SKIPPED  ] %s: not on this CPU\n", rt::isa_name(isa));
         continue;
       }

@@ -16,9 +16,7 @@ using namespace toga::rt;
 namespace {
 
 void check_isa(Isa isa) {
-  bool available = false;
-  for (Isa have : available_isas()) available = available || have == isa;
-  if (!available) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
+  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU";
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
   for (int64_t d : {64, 40})

@@ -45,9 +45,7 @@ std::vector<Shape> shapes() {
 }
 
 void check_isa(Isa isa) {
-  bool available = false;
-  for (Isa have : available_isas()) available = available || have == isa;
-  if (!available) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU (" << cpu_info().vendor << ")";
+  if (!isa_available(isa)) GTEST_SKIP() << isa_name(isa) << " is not available on this CPU (" << cpu_info().vendor << ")";
   std::mt19937 rng(7);
   for (const Shape& s : shapes()) {
     SCOPED_TRACE(s.name);
