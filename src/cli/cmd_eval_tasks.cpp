@@ -151,9 +151,11 @@ void register_eval_tasks(CLI::App* eval) {
     int fewshot = 0;
     uint64_t seed = 1234;
     bool force = false;
+    std::string engine = "auto";
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("model", o->model, "model: HF directory, .gguf file, llama2.c .bin, quantized checkpoint");
+  add_engine_option(cmd, o->engine);
   cmd->add_option("--tasks", o->tasks,
                   "comma-separated: arc_easy, arc_challenge, boolq, hellaswag, winogrande, mmlu, all, or "
                   "file:PATH (JSONL of {\"context\", \"choices\", \"label\"})")
@@ -190,6 +192,7 @@ void register_eval_tasks(CLI::App* eval) {
         break;
       }
     auto lm = load_model_and_tokenizer(o->model, o->common);
+    const auto runtime = choose_engine(lm.model, o->common, o->engine, "tasks");
     TaskLoadOptions lo;
     lo.fewshot = o->fewshot;
     lo.seed = o->seed;
@@ -208,7 +211,7 @@ void register_eval_tasks(CLI::App* eval) {
     for (const auto& name : names) {
       const Task task = load_task(name, data_dir, lo);
       std::fprintf(stderr, "%s: %zu items from %s\n", task.name.c_str(), task.items.size(), task.source.c_str());
-      TaskResult r = evaluate_task(lm.model, *lm.tokenizer, task, so);
+      TaskResult r = evaluate_task(lm.model, *lm.tokenizer, task, so, runtime.get());
       r.limit = o->limit;
       r.fewshot = o->fewshot;
       std::fprintf(stderr, "%s: acc %.4f%s\n", task.name.c_str(), r.acc.value,
@@ -219,6 +222,7 @@ void register_eval_tasks(CLI::App* eval) {
     }
     results["average"] = average_of(results["tasks"]);
     results["run"] = run_info(o->common, &lm.model);
+    results["run"]["engine"] = runtime ? "runtime" : "libtorch";
     print_table(results);
     if (!o->json.empty()) write_json(o->json, results, o->force);
     if (!o->dump_items.empty()) {

@@ -421,6 +421,80 @@ std::vector<std::vector<RequestScore>> score_request_groups(const Model& model,
   return out;
 }
 
+std::vector<std::vector<RequestScore>> score_request_groups(const rt::Transformer& model, int64_t max_position,
+                                                            const std::vector<std::vector<EncodedRequest>>& groups,
+                                                            const ScoreOptions& opts, ScoreStats* stats) {
+  const int64_t window = opts.max_length > 0 ? opts.max_length : max_position;
+  std::vector<GroupPlan> plans(groups.size());
+  ScoreStats st;
+  int64_t work_total = 0, capacity = 1;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    plans[g] = plan_group(groups[g], window);
+    st.tokens_requested += plans[g].requested_tokens;
+    int64_t longest = 0;
+    for (const auto& r : plans[g].rows) longest = std::max<int64_t>(longest, int64_t(r.size()));
+    capacity = std::max<int64_t>(capacity, int64_t(plans[g].prefix.size()) + longest);
+    work_total += int64_t(plans[g].prefix.size());
+    for (const auto& r : plans[g].rows) work_total += int64_t(r.size());
+  }
+  // One item at a time: its prefix once, then each distinct row after it (the cache cut back to the
+  // prefix in between); logits only from a row's first scored position on.
+  rt::Session session(model, capacity);
+  std::vector<float> logits;
+  std::vector<std::vector<RequestScore>> out(groups.size());
+  Progress progress(opts.label, std::max<int64_t>(work_total, 1), opts.progress);
+  int64_t work_done = 0;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const GroupPlan& plan = plans[g];
+    out[g].assign(groups[g].size(), RequestScore{0.0, true});
+    const std::vector<int32_t> prefix(plan.prefix.begin(), plan.prefix.end());
+    session.reset();
+    if (!prefix.empty()) {
+      logits.resize(size_t(model.vocab));
+      session.forward(prefix.data(), int64_t(prefix.size()), logits.data(), false);
+      st.tokens_forwarded += int64_t(prefix.size());
+    }
+    for (int r = 0; r < int(plan.rows.size()); ++r) {
+      const std::vector<int32_t> row(plan.rows[r].begin(), plan.rows[r].end());
+      int64_t first = int64_t(row.size());
+      for (const auto& q : plan.reqs)
+        if (q.row == r) first = std::min(first, q.first);
+      session.truncate(int64_t(prefix.size()));
+      if (first > 0) {
+        logits.resize(size_t(model.vocab));
+        session.forward(row.data(), first, logits.data(), false);
+      }
+      const int64_t scored = int64_t(row.size()) - first;
+      logits.resize(size_t(scored * model.vocab));
+      session.forward(row.data() + first, scored, logits.data(), true);
+      st.tokens_forwarded += int64_t(row.size());
+      for (size_t i = 0; i < plan.reqs.size(); ++i) {
+        const auto& q = plan.reqs[i];
+        if (q.row != r) continue;
+        RequestScore& sc = out[g][i];
+        for (size_t k = 0; k < q.targets.size(); ++k) {
+          const float* x = logits.data() + (q.first - first + int64_t(k)) * model.vocab;
+          int64_t best = 0;
+          for (int64_t v = 1; v < model.vocab; ++v)
+            if (x[v] > x[best]) best = v;
+          double z = 0;
+          for (int64_t v = 0; v < model.vocab; ++v) z += std::exp(double(x[v]) - double(x[best]));
+          sc.ll += double(x[q.targets[k]]) - double(x[best]) - std::log(z);
+          sc.greedy = sc.greedy && best == q.targets[k];
+        }
+      }
+      work_done += int64_t(row.size());
+    }
+    work_done += int64_t(prefix.size());
+    progress.update(std::min(work_done, work_total), fmt::format("{}/{} items", g + 1, groups.size()), st.tokens_forwarded);
+  }
+  st.seconds = progress.elapsed_seconds();
+  progress.finish(fmt::format("{} tokens forwarded ({} requested), {:.0f} tok/s", st.tokens_forwarded,
+                              st.tokens_requested, double(st.tokens_forwarded) / std::max(st.seconds, 1e-9)));
+  if (stats) *stats = st;
+  return out;
+}
+
 RequestScore score_request_naive(const Model& model, const EncodedRequest& req, int64_t max_length) {
   torch::NoGradGuard no_grad;
   const auto p = prepare(req, model_window(model, max_length));
@@ -458,7 +532,8 @@ ItemResult judge_item(const TaskItem& item, const std::vector<RequestScore>& sco
   return r;
 }
 
-TaskResult evaluate_task(const Model& model, const Tokenizer& tok, const Task& task, const ScoreOptions& opts) {
+TaskResult evaluate_task(const Model& model, const Tokenizer& tok, const Task& task, const ScoreOptions& opts,
+                         const rt::Transformer* runtime) {
   std::vector<std::vector<EncodedRequest>> groups(task.items.size());
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 16)
@@ -480,7 +555,8 @@ TaskResult evaluate_task(const Model& model, const Tokenizer& tok, const Task& t
   r.reports_acc_norm = task.reports_acc_norm;
   r.n = int64_t(task.items.size());
   if (r.n == 0) fail("task {} has no items", task.name);
-  const auto scores = score_request_groups(model, groups, o, &r.stats);
+  const auto scores = runtime ? score_request_groups(*runtime, model.config.max_position_embeddings, groups, o, &r.stats)
+                              : score_request_groups(model, groups, o, &r.stats);
 
   struct Sum {
     int64_t n = 0;

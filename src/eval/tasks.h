@@ -13,6 +13,7 @@
 
 #include "eval/task_data.h"
 #include "model/model.h"
+#include "runtime/transformer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace toga {
@@ -55,6 +56,12 @@ std::vector<std::vector<RequestScore>> score_request_groups(const Model& model,
                                                             const std::vector<std::vector<EncodedRequest>>& groups,
                                                             const ScoreOptions& opts, ScoreStats* stats = nullptr);
 
+// The same scores on the runtime forward (runtime/transformer.h): an item's shared prefix once, each
+// distinct row after it on the cache cut back to the prefix, float64 log-softmax at scored positions.
+std::vector<std::vector<RequestScore>> score_request_groups(const rt::Transformer& model, int64_t max_position,
+                                                            const std::vector<std::vector<EncodedRequest>>& groups,
+                                                            const ScoreOptions& opts, ScoreStats* stats = nullptr);
+
 // The reference: one full forward per request, as the harness computes it (tests compare with it).
 RequestScore score_request_naive(const Model& model, const EncodedRequest& req, int64_t max_length = 0);
 
@@ -92,7 +99,9 @@ struct TaskResult {
 // Predictions and metrics of one item from its choices' log-likelihoods (np.argmax: first maximum).
 ItemResult judge_item(const TaskItem& item, const std::vector<RequestScore>& scores);
 
-TaskResult evaluate_task(const Model& model, const Tokenizer& tok, const Task& task, const ScoreOptions& opts);
+// On the runtime forward when `runtime` is given (built from `model`), else on libtorch.
+TaskResult evaluate_task(const Model& model, const Tokenizer& tok, const Task& task, const ScoreOptions& opts,
+                         const rt::Transformer* runtime = nullptr);
 
 // Per-item lines for cross-checking with the harness (task, doc index, lls, predictions).
 nlohmann::json item_records(const Task& task, const TaskResult& r);

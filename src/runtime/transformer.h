@@ -6,6 +6,7 @@
 // forward (model/model.h) computes for the same checkpoint; model/runtime_export.h builds it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -66,6 +67,8 @@ class Session {
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
   void reset() { length_ = 0; }
+  // Forgets the positions from `length` on (they are overwritten by the next forward).
+  void truncate(int64_t length) { length_ = std::min(length_, std::max<int64_t>(length, 0)); }
   // Bytes the cache holds at full capacity.
   int64_t cache_bytes() const;
 

@@ -9,6 +9,7 @@
 #include "eval/tasks.h"
 #include "io/checkpoint.h"
 #include "model/model.h"
+#include "model/runtime_export.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -101,6 +102,34 @@ TEST(Tasks, SharedPrefixScoresEqualOneForwardPerChoice) {
         EXPECT_NEAR(got[g][r].ll, ref.ll, 1e-4) << "group " << g << " request " << r;
         EXPECT_EQ(got[g][r].greedy, ref.greedy) << "group " << g << " request " << r;
         EXPECT_LT(got[g][r].ll, 0.0);
+      }
+    EXPECT_LT(st.tokens_forwarded, st.tokens_requested);
+  }
+}
+
+TEST(Tasks, RuntimeForwardScoresEqualOneForwardPerChoice) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  const auto& s = stories();
+  const auto groups = tricky_groups(*s.tok);
+  const auto runtime = export_runtime(s.model);
+  for (int64_t max_length : {int64_t(0), int64_t(8)}) {  // 8: contexts cut from the left
+    std::vector<std::vector<EncodedRequest>> fit;
+    for (const auto& g : groups)
+      if (max_length == 0 || std::all_of(g.begin(), g.end(), [&](const EncodedRequest& r) {
+            return int64_t(r.continuation.size()) <= max_length;
+          }))
+        fit.push_back(g);
+    ScoreOptions o;
+    o.progress = false;
+    o.max_length = max_length;
+    ScoreStats st;
+    const auto got = score_request_groups(*runtime, s.model.config.max_position_embeddings, fit, o, &st);
+    ASSERT_EQ(got.size(), fit.size());
+    for (size_t g = 0; g < fit.size(); ++g)
+      for (size_t r = 0; r < fit[g].size(); ++r) {
+        const auto ref = score_request_naive(s.model, fit[g][r], max_length);
+        EXPECT_NEAR(got[g][r].ll, ref.ll, 1e-4) << "group " << g << " request " << r;
+        EXPECT_EQ(got[g][r].greedy, ref.greedy) << "group " << g << " request " << r;
       }
     EXPECT_LT(st.tokens_forwarded, st.tokens_requested);
   }
