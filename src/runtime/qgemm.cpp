@@ -11,7 +11,6 @@ namespace toga::rt {
 namespace {
 
 constexpr int64_t kPanel = 16;
-constexpr double kSymmetricTieBreak = 1.0 + 1.0 / 65536;  // as quant/quantizer.cpp
 
 void check_integer_layout(const PackedWeight& w) {
   for (const ColumnBlock& b : w.blocks)

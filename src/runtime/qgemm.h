@@ -60,6 +60,10 @@ struct PackedWeight {
 PackedWeight pack_weight(const int8_t* codes, const float* scales, const float* zeros, int64_t rows, int64_t cols,
                          const std::vector<ColumnBlock>& blocks);
 
+// The symmetric quantizers' scale factor above absmax (quant/quantizer.cpp's tie break): the runtime's
+// activation and KV quantizers use it so their codes equal the fake-quant path's.
+constexpr double kSymmetricTieBreak = 1.0 + 1.0 / 65536;
+
 struct ActivationQuant {
   std::vector<double> clip;  // per block: clip ratio (1 = absmax)
 };

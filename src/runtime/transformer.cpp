@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "util/error.h"
 
@@ -15,7 +14,6 @@ namespace toga::rt {
 
 namespace {
 
-constexpr double kSymmetricTieBreak = 1.0 + 1.0 / 65536;  // as quant/quantizer.cpp
 
 // Hugging Face's RMSNorm in float32: x · rsqrt(mean(x²) + eps), then the gain.
 void rms_norm(const float* x, const float* gain, int64_t n, double eps, float* out) {
