@@ -7,6 +7,7 @@ SUDO=""
 PACKAGES=(
   cmake g++ make pkg-config
   libtorch-dev libopenblas0-openmp      # libtorch 1.13 (CPU) with the OpenMP OpenBLAS (same thread pool)
+  libgloo-dev                           # c10d's Gloo backend: a search over several processes
   libicu-dev libbz2-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev                  # tests only: the reference SentencePiece tokenizer
   libgtest-dev libbenchmark-dev

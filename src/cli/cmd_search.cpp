@@ -6,6 +6,8 @@
 //                 kept channels become smaller dense matrices, then reorder and GPTQ.
 //   --mode prune  DISP-LLM alone (its recipe's defaults): a pruned FP checkpoint, which `toga
 //                 quantize` can compress further (DISP-LLM → Atom-style / GPTQ).
+// Several processes (`toga launch -n N search ...`, or --world-size/--rank/--master on each machine)
+// share each step's batch (docs/DISTRIBUTED.md); rank 0 writes every output.
 #include <cstdio>
 #include <filesystem>
 
@@ -36,7 +38,14 @@ struct SearchFlags : QuantizeFlags {
   std::string checkpoint;
   bool resume = false;
   std::string select = "order";
+  DistributedOptions dist = DistributedOptions::from_environment();
 };
+
+int64_t channels_of(const std::vector<MaskGroup>& groups) {
+  int64_t n = 0;
+  for (const auto& g : groups) n += g.channels;
+  return n;
+}
 
 nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>& groups, const SupernetQuantizers& q,
                              const std::vector<torch::Tensor>& masks, const nlohmann::json& salient_sets,
@@ -64,7 +73,8 @@ nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>&
   nlohmann::json curve = nlohmann::json::array();
   for (const auto& s : r.curve)
     curve.push_back({{"step", s.step}, {"ce", s.ce}, {"budget", s.budget}, {"kept", s.kept},
-                     {"budget_term", s.budget_term}, {"tokens_per_second", s.tokens_per_second}});
+                     {"budget_term", s.budget_term}, {"tokens_per_second", s.tokens_per_second}, {"seconds", s.seconds},
+                     {"wait_seconds", s.wait_seconds}, {"allreduce_seconds", s.allreduce_seconds}});
   return {{"toga_search", 2},
           {"mode", f.mode},
           {"model", f.model},
@@ -85,6 +95,8 @@ nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>&
           {"selection", f.select},
           {"seconds", r.seconds},
           {"resumed_from", r.resumed_from},
+          {"processes", f.dist.world_size},
+          {"allreduce_bytes_per_step", f.dist.world_size > 1 ? 8 * (channels_of(groups) + 1) : 0},
           {"curve", curve},
           {"layers", layers},
           {"run", run_info(f.common)}};
@@ -119,6 +131,14 @@ void register_search(CLI::App& app) {
   cmd->add_option("--select", f->select,
                   "final salient channels: order (learned count per layer, channels of largest mean |x|) | learned (the logits' own choice)")
       ->capture_default_str();
+  cmd->add_option("--micro-batch", f->search.micro_batch,
+                  "windows per forward on each process (default: its whole share of --batch); the same --batch over N "
+                  "processes or with --micro-batch batch/N gives the same masks");
+  cmd->add_option("--world-size", f->dist.world_size, "processes sharing the search (env TOGA_WORLD_SIZE; `toga launch` sets it)");
+  cmd->add_option("--rank", f->dist.rank, "this process's rank, 0..world-size-1 (env TOGA_RANK); rank 0 writes the outputs");
+  cmd->add_option("--master", f->dist.master, "rank 0's ADDR:PORT, where the ranks meet (env TOGA_MASTER)")->capture_default_str();
+  cmd->add_option("--dist-timeout", f->dist.timeout_seconds, "seconds a process waits for a silent peer before failing")
+      ->capture_default_str();
   cmd->add_option("--checkpoint", f->checkpoint, "search checkpoint file (default: OUTPUT.search.pt)");
   cmd->add_option("--checkpoint-every", f->search.checkpoint_every, "steps between checkpoints")->capture_default_str();
   cmd->add_flag("--resume", f->resume, "continue from the checkpoint (same options): the result is the uninterrupted run's");
@@ -151,10 +171,16 @@ void register_search(CLI::App& app) {
     if (f->mode == "quant") fraction_for_bits(16 * f->search.budget, q);  // an impossible budget fails before any work
     if (!(f->search.budget > 0 && f->search.budget <= 1)) fail("impossible budget: {} of the FP16 size", f->search.budget);
     const std::string ckpt = f->checkpoint.empty() ? f->output + ".search.pt" : f->checkpoint;
-    if (!f->resume && std::filesystem::exists(ckpt) && !f->force)
+    f->dist.validate();
+    // Rank 0 alone reads and writes files; the others only compute.
+    const bool root = f->dist.rank == 0;
+    if (root && !f->resume && std::filesystem::exists(ckpt) && !f->force)
       fail_file(ckpt, "a search checkpoint is already there: --resume to continue it, --force to start over");
     // A new search writes the checkpoint file: the same rule as every other output (a resumed one reads it).
-    check_output_paths(f->force, {f->output}, f->resume ? std::vector<std::string>{} : std::vector<std::string>{ckpt});
+    if (root)
+      check_output_paths(f->force, {f->output}, f->resume ? std::vector<std::string>{} : std::vector<std::string>{ckpt});
+    // Join the other processes before the long work, so that one failing early stops them all.
+    Collective comm(f->dist);
     f->search.checkpoint_path = ckpt;
     f->search.resume = f->resume;
     f->search.seed = f->seed;
@@ -167,16 +193,33 @@ void register_search(CLI::App& app) {
     const auto text = load_eval_text(f->calib_data);
     const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
     f->search.seqlen = std::min(f->search.seqlen, lm.model.config.max_position_embeddings);
-    compute_channel_orders(lm.model, groups,
-                           sample_calibration_windows(tokens, f->order_windows, f->search.seqlen, f->seed + 1));
+    // Rank 0's channel orders everywhere: a near-tie sorted otherwise on another CPU would give
+    // that rank other masks.
+    if (root)
+      compute_channel_orders(lm.model, groups,
+                             sample_calibration_windows(tokens, f->order_windows, f->search.seqlen, f->seed + 1));
+    if (comm.distributed()) {
+      std::vector<torch::Tensor> orders;
+      for (const auto& g : groups) orders.push_back(root ? g.order.to(torch::kLong) : torch::empty({g.channels}, torch::kLong));
+      torch::Tensor all = torch::cat(orders);
+      comm.broadcast(all, "the channel orders' broadcast from rank 0", 0, 24 * 3600.0);
+      int64_t offset = 0;
+      for (auto& g : groups) {
+        g.order = all.narrow(0, offset, g.channels).clone();
+        offset += g.channels;
+      }
+    }
     const StartingPoint start = starting_point(groups, q, f->search.budget, f->search.fixed_sparsity);
-    std::fprintf(stderr,
+    if (root)
+      std::fprintf(stderr,
                  "search (%s): %zu mask groups, target %.4f of FP16 (starting at %.4f salient, %.4f kept per mask), "
-                 "%d steps of %d x %d tokens from %s\n",
+                 "%d steps of %d x %d tokens from %s%s\n",
                  f->mode.c_str(), groups.size(), f->search.budget, start.salient_fraction, start.keep_fraction,
-                 f->search.steps, f->search.batch, f->search.seqlen, text.path.c_str());
+                 f->search.steps, f->search.batch, f->search.seqlen, text.path.c_str(),
+                 comm.distributed() ? fmt::format(", {} processes", comm.world_size()).c_str() : "");
     Supernet net(lm.model, groups, q);
-    const SearchResult r = train_search(lm.model, net, tokens, f->search);
+    const SearchResult r = train_search(lm.model, net, tokens, f->search, comm);
+    if (!root) return;  // rank 0 finalizes (budget, GPTQ, outputs)
     const auto masks = meet_budget(f->select == "order" ? logits_in_channel_order(r.logits, groups) : r.logits, groups, q,
                                    f->search.budget);
     const nlohmann::json salient_sets = salient_sets_json(masks, groups);

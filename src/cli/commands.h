@@ -13,5 +13,6 @@ void register_info(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_search(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_launch(CLI::App& app);
 
 }  // namespace toga::cli

@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 namespace toga::cli {
 
 void add_common_options(CLI::App* cmd, CommonOptions& o) {
-  cmd->add_option("--threads,-t", o.threads, "CPU threads (default: all available cores)");
+  cmd->add_option("--threads,-t", o.threads, "CPU threads (default: OMP_NUM_THREADS, else all available cores)");
   cmd->add_option("--dtype", o.dtype, "compute dtype: fp32 (default), bf16, fp16")->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer file or directory (default: found beside the model)");
   cmd->add_option("--kv-bits", o.kv_bits,

@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   toga::cli::register_search(app);
   toga::cli::register_info(app);
   toga::cli::register_bench(app);
+  toga::cli::register_launch(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <cstdlib>
 #include <thread>
 
 #include <torch/torch.h>
@@ -15,6 +16,12 @@ int available_cores() {
 }
 
 int set_threads(int n) {
+  // Unset: OMP_NUM_THREADS when the user (or `toga launch`, sharing the cores between processes)
+  // set it, else every core this process may run on.
+  if (n <= 0) {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    n = env ? std::atoi(env) : 0;
+  }
   if (n <= 0) n = available_cores();
   // at::set_num_threads also sets OpenMP's pool, which the OpenMP build of OpenBLAS shares.
   at::set_num_threads(n);

@@ -3,7 +3,7 @@
 
 namespace toga {
 
-// n <= 0 picks the machine's available cores. Returns the count set.
+// n <= 0: OMP_NUM_THREADS if set, else the available cores. Returns the count set.
 int set_threads(int n);
 int available_cores();
 

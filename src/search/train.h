@@ -7,6 +7,12 @@
 // B = compressed fraction of FP16 of the sampled masks, b its target; K the kept fraction, k = 1 − S.
 // Every step's data and Gumbel noise come from generators seeded by (seed, step), so a run resumed
 // from a checkpoint is the uninterrupted run.
+//
+// Data parallel (docs/DISTRIBUTED.md): each of N processes runs the step's windows r·b/N .. (r+1)·b/N
+// (in micro-batches) and all-reduces the loss gradient with respect to the *masks*, not to the
+// hypernetwork's weights: every rank computes the same hypernetwork forward, so its backward is the
+// same linear map on every rank and the summed mask gradient gives the summed weight gradient —
+// one float64 per channel (~1.7 MB per step for SmolLM2) instead of every weight (~220 MB).
 #pragma once
 
 #include <string>
@@ -14,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dist/collective.h"
 #include "search/budget.h"
 #include "search/hypernet.h"
 #include "search/supernet.h"
@@ -39,6 +46,10 @@ struct SearchOptions {
   int steps = 100;
   int batch = 2;      // windows per step
   int seqlen = 512;   // tokens per window
+  // Windows per forward on each process (0: the process's whole share of `batch`). The loss
+  // gradient is summed in float64 over micro-batches and processes, so one process with
+  // micro_batch = batch/N gives an N-process run's masks bit for bit.
+  int micro_batch = 0;
   uint64_t seed = 0;
   int checkpoint_every = 10;    // steps; 0 = never
   std::string checkpoint_path;  // "" = no checkpoints
@@ -61,6 +72,8 @@ StartingPoint starting_point(const std::vector<MaskGroup>& groups, const Superne
 struct SearchStep {
   int step = 0;
   double ce = 0, budget = 0, kept = 1, budget_term = 0, tokens_per_second = 0;
+  // The step's wall time; of it, waiting at the barrier for the slowest rank, and the all-reduce itself.
+  double seconds = 0, wait_seconds = 0, allreduce_seconds = 0;
 };
 
 struct SearchResult {
@@ -75,7 +88,11 @@ struct SearchResult {
 // "impossible budget" error.
 double fraction_for_bits(double bits, const SupernetQuantizers& q);
 
-// Trains on windows drawn from `tokens` (WikiText-2 validation: never the test split).
+// Trains on windows drawn from `tokens` (WikiText-2 validation: never the test split). With a
+// distributed `comm`, every rank calls it with the same options, model and tokens (checked), rank 0
+// alone reads and writes the checkpoint and prints progress, and every rank returns the same logits.
+SearchResult train_search(const Model& model, Supernet& net, const std::vector<int>& tokens, const SearchOptions& opts,
+                          Collective& comm);
 SearchResult train_search(const Model& model, Supernet& net, const std::vector<int>& tokens, const SearchOptions& opts);
 
 // The learned per-group counts with Atom's choice of channels: each precision group's logits sorted

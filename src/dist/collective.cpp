@@ -1,0 +1,191 @@
+#include "dist/collective.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include "util/error.h"
+
+#ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+
+namespace toga {
+
+namespace {
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+int parse_int(const std::string& s, const char* name) {
+  try {
+    size_t used = 0;
+    const int v = std::stoi(s, &used);
+    if (used == s.size()) return v;
+  } catch (const std::exception&) {
+  }
+  fail("{} must be an integer, got '{}'", name, s);
+}
+
+std::pair<std::string, int> split_master(const std::string& master) {
+  const auto colon = master.rfind(':');
+  if (colon == std::string::npos || colon == 0) fail("the master address must be ADDR:PORT, got '{}'", master);
+  const int port = parse_int(master.substr(colon + 1), "the master port");
+  if (port < 1 || port > 65535) fail("the master port must be in 1..65535, got {}", port);
+  return {master.substr(0, colon), port};
+}
+
+std::chrono::milliseconds millis(double seconds) { return std::chrono::milliseconds(int64_t(seconds * 1000)); }
+
+}  // namespace
+
+DistributedOptions DistributedOptions::from_environment() {
+  DistributedOptions o;
+  if (!env("TOGA_WORLD_SIZE").empty()) {
+    o.world_size = parse_int(env("TOGA_WORLD_SIZE"), "TOGA_WORLD_SIZE");
+    o.rank = parse_int(env("TOGA_RANK"), "TOGA_RANK");
+    if (!env("TOGA_MASTER").empty()) o.master = env("TOGA_MASTER");
+  } else if (!env("WORLD_SIZE").empty()) {
+    o.world_size = parse_int(env("WORLD_SIZE"), "WORLD_SIZE");
+    o.rank = parse_int(env("RANK"), "RANK");
+    o.master = (env("MASTER_ADDR").empty() ? std::string("127.0.0.1") : env("MASTER_ADDR")) + ":" +
+               (env("MASTER_PORT").empty() ? std::string("29500") : env("MASTER_PORT"));
+  }
+  if (!env("TOGA_DIST_TIMEOUT").empty()) o.timeout_seconds = std::stod(env("TOGA_DIST_TIMEOUT"));
+  o.interface = env("GLOO_SOCKET_IFNAME");
+  return o;
+}
+
+void DistributedOptions::validate() const {
+  if (world_size < 1) fail("the world size must be at least 1, got {}", world_size);
+  if (rank < 0 || rank >= world_size) fail("rank {} is outside 0..{} (world size {})", rank, world_size - 1, world_size);
+  if (!(timeout_seconds > 0)) fail("the collective timeout must be positive, got {} s", timeout_seconds);
+  if (world_size > 1) split_master(master);
+}
+
+#ifdef USE_C10D_GLOO
+
+struct Collective::Impl {
+  c10::intrusive_ptr<c10d::TCPStore> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+};
+
+namespace {
+
+[[noreturn]] void lost_contact(const DistributedOptions& o, const std::string& what, const std::exception& e) {
+  std::string msg = e.what();
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) msg = c->what_without_backtrace();
+  fail("rank {} of {}: lost contact with the other processes during {} ({}). A process of the run died, hung for "
+       "more than {} s or cannot be reached; restart every rank (with --resume to continue from the last checkpoint)",
+       o.rank, o.world_size, what, msg, o.timeout_seconds);
+}
+
+}  // namespace
+
+Collective::Collective(const DistributedOptions& options) : options_(options) {
+  options_.validate();
+  if (!distributed()) return;
+  const auto [host, port] = split_master(options_.master);
+  impl_ = std::make_unique<Impl>();
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = uint16_t(port);
+    so.isServer = is_root();
+    so.numWorkers = size_t(options_.world_size);
+    so.waitWorkers = true;
+    so.timeout = millis(options_.timeout_seconds);
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(host, so);
+    auto go = c10d::ProcessGroupGloo::Options::create(millis(options_.timeout_seconds));
+    const bool loopback = host == "localhost" || host.rfind("127.", 0) == 0;
+    if (!options_.interface.empty())
+      go->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(options_.interface));
+    else if (loopback)
+      go->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    else
+      go->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    go->threads = 1;  // one collective at a time; the compute threads belong to the model
+    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, options_.rank, options_.world_size, go);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (const auto* c = dynamic_cast<const c10::Error*>(&e)) msg = c->what_without_backtrace();
+    fail("rank {} of {}: could not join the run at {} within {} s: {}", options_.rank, options_.world_size,
+         options_.master, options_.timeout_seconds, msg);
+  }
+}
+
+Collective::~Collective() = default;
+
+void Collective::allreduce_sum(torch::Tensor& t, const std::string& what) {
+  if (!distributed()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  torch::Tensor host = t.device().is_cpu() && t.is_contiguous() ? t : t.to(torch::kCPU).contiguous();
+  std::vector<torch::Tensor> v{host};
+  try {
+    impl_->group->allreduce(v)->wait();
+  } catch (const std::exception& e) {
+    lost_contact(options_, what, e);
+  }
+  if (!host.is_same(t)) t.copy_(host);
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bytes_ += double(t.numel() * t.element_size());
+}
+
+void Collective::broadcast(torch::Tensor& t, const std::string& what, int root, double timeout_seconds) {
+  if (!distributed()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  torch::Tensor host = t.device().is_cpu() && t.is_contiguous() ? t : t.to(torch::kCPU).contiguous();
+  std::vector<torch::Tensor> v{host};
+  c10d::BroadcastOptions bo;
+  bo.rootRank = root;
+  if (timeout_seconds > 0) bo.timeout = millis(timeout_seconds);
+  try {
+    impl_->group->broadcast(v, bo)->wait();
+  } catch (const std::exception& e) {
+    lost_contact(options_, what, e);
+  }
+  if (!host.is_same(t)) t.copy_(host);
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bytes_ += double(t.numel() * t.element_size());
+}
+
+void Collective::barrier(const std::string& what, double timeout_seconds) {
+  if (!distributed()) return;
+  c10d::BarrierOptions bo;
+  if (timeout_seconds > 0) bo.timeout = millis(timeout_seconds);
+  try {
+    impl_->group->barrier(bo)->wait();
+  } catch (const std::exception& e) {
+    lost_contact(options_, what, e);
+  }
+}
+
+#else  // built without c10d Gloo: one process only
+
+struct Collective::Impl {};
+
+Collective::Collective(const DistributedOptions& options) : options_(options) {
+  options_.validate();
+  if (distributed())
+    fail("this toga was built without libtorch's c10d Gloo backend (libgloo-dev): it runs one process, not {}",
+         options_.world_size);
+}
+Collective::~Collective() = default;
+void Collective::allreduce_sum(torch::Tensor&, const std::string&) {}
+void Collective::broadcast(torch::Tensor&, const std::string&, int, double) {}
+void Collective::barrier(const std::string&, double) {}
+
+#endif
+
+std::string Collective::broadcast_bytes(const std::string& bytes, const std::string& what, double timeout_seconds) {
+  if (!distributed()) return bytes;
+  torch::Tensor size = torch::tensor({int64_t(is_root() ? bytes.size() : 0)}, torch::kInt64);
+  broadcast(size, what, 0, timeout_seconds);
+  torch::Tensor data = torch::empty({size.item<int64_t>()}, torch::kUInt8);
+  if (is_root()) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
+  broadcast(data, what, 0, timeout_seconds);
+  return std::string(static_cast<const char*>(data.data_ptr()), size_t(data.numel()));
+}
+
+}  // namespace toga
