@@ -74,7 +74,7 @@ nlohmann::json search_report(const SearchFlags& f, const std::vector<MaskGroup>&
   for (const auto& s : r.curve)
     curve.push_back({{"step", s.step}, {"ce", s.ce}, {"budget", s.budget}, {"kept", s.kept},
                      {"budget_term", s.budget_term}, {"tokens_per_second", s.tokens_per_second}, {"seconds", s.seconds},
-                     {"wait_seconds", s.wait_seconds}, {"allreduce_seconds", s.allreduce_seconds}});
+                     {"model_seconds", s.model_seconds}, {"wait_seconds", s.wait_seconds}, {"allreduce_seconds", s.allreduce_seconds}});
   return {{"toga_search", 2},
           {"mode", f.mode},
           {"model", f.model},

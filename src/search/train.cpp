@@ -103,7 +103,7 @@ std::string run_identity(const SearchOptions& o, const std::vector<MaskGroup>& g
   return j.dump();
 }
 
-constexpr int kCurveColumns = 9;
+constexpr int kCurveColumns = 10;
 
 std::string checkpoint_bytes(Hypernet& net, torch::optim::AdamW& opt, int step, const std::vector<SearchStep>& curve,
                              const std::string& identity) {
@@ -118,7 +118,7 @@ std::string checkpoint_bytes(Hypernet& net, torch::optim::AdamW& opt, int step, 
   for (size_t i = 0; i < curve.size(); ++i) {
     const auto& s = curve[i];
     c[int64_t(i)] = torch::tensor({double(s.step), s.ce, s.budget, s.kept, s.budget_term, s.tokens_per_second, s.seconds,
-                                   s.wait_seconds, s.allreduce_seconds},
+                                   s.model_seconds, s.wait_seconds, s.allreduce_seconds},
                                   torch::kFloat64);
   }
   archive.write("curve", c);
@@ -152,7 +152,7 @@ int load_checkpoint_bytes(const std::string& bytes, const std::string& source, H
   for (int64_t i = 0; i < c.size(0); ++i) {  // checkpoints before the timing columns have 6
     const auto r = c[i];
     auto col = [&](int64_t j) { return j < c.size(1) ? r[j].item<double>() : 0.0; };
-    curve.push_back({int(col(0)), col(1), col(2), col(3), col(4), col(5), col(6), col(7), col(8)});
+    curve.push_back({int(col(0)), col(1), col(2), col(3), col(4), col(5), col(6), col(7), col(8), col(9)});
   }
   return int(step.item<int64_t>());
 }
@@ -287,6 +287,7 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
     std::vector<Tensor> leaves;
     for (const Tensor& m : masks) leaves.push_back(m.detach().requires_grad_(true));
     Tensor mask_grad = torch::zeros({channels + 1}, torch::kFloat64);
+    const auto tm = std::chrono::steady_clock::now();
     for (int a = first; a < last; a += micro) {
       const int n = std::min(micro, last - a);
       net.set_masks(leaves);
@@ -307,6 +308,7 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
       }
       mask_grad[channels] += ce.item<double>() * weight;
     }
+    const double model_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - tm).count();
     // The barrier splits the time a rank waits for the slowest one from the transfer itself.
     const auto tw = std::chrono::steady_clock::now();
     comm.barrier(fmt::format("step {}'s barrier", step + 1));
@@ -334,7 +336,7 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
     opt.step();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     SearchStep s{step + 1, mask_grad[channels].item<double>(), budget.item<double>(), kept.item<double>(),
-                 budget_term.item<double>(), double(ids.numel()) / std::max(secs, 1e-9), secs, wait_secs, allreduce_secs};
+                 budget_term.item<double>(), double(ids.numel()) / std::max(secs, 1e-9), secs, model_secs, wait_secs, allreduce_secs};
     result.curve.push_back(s);
     progress.update(step + 1, fmt::format("CE {:.4f} | budget {:.4f} (target {:.4f}){} | λ-term {:.4f} | {:.0f} tok/s{}", s.ce,
                                           s.budget, o.budget, pruning ? fmt::format(" | kept {:.3f}", s.kept) : "",

@@ -72,8 +72,10 @@ StartingPoint starting_point(const std::vector<MaskGroup>& groups, const Superne
 struct SearchStep {
   int step = 0;
   double ce = 0, budget = 0, kept = 1, budget_term = 0, tokens_per_second = 0;
-  // The step's wall time; of it, waiting at the barrier for the slowest rank, and the all-reduce itself.
-  double seconds = 0, wait_seconds = 0, allreduce_seconds = 0;
+  // The step's wall time; of it, the model's forward and backward (the part the ranks share out),
+  // waiting at the barrier for the slowest rank, and the all-reduce itself. The rest (hypernetwork,
+  // budget, AdamW) every rank repeats.
+  double seconds = 0, model_seconds = 0, wait_seconds = 0, allreduce_seconds = 0;
 };
 
 struct SearchResult {
