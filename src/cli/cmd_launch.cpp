@@ -62,7 +62,10 @@ struct LaunchFlags {
 int launch(const LaunchFlags& f) {
   if (f.processes < 1) fail("launch needs at least one process, got {}", f.processes);
   if (f.command.empty()) fail("launch needs a command: toga launch -n N search MODEL OUT ...");
-  if (f.command.front() == "launch") fail("launch cannot launch itself");
+  // Only the search shares its work between processes; any other verb would just run N times.
+  if (f.command.front() != "search")
+    fail("launch runs `toga search` on several processes; '{}' does not share its work between processes",
+         f.command.front());
   const int port = f.master_port > 0 ? f.master_port : free_loopback_port();
   const std::string master = "127.0.0.1:" + std::to_string(port);
   // Each rank gets a contiguous share of the CPUs this process may use.

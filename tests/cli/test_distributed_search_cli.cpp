@@ -156,3 +156,15 @@ TEST(DistributedSearchCli, AKilledRankStopsTheRunAndResumingFinishesItAsTheUnint
   EXPECT_LT(resumed["resumed_from"].get<int>(), steps) << "killed before the end";
   expect_same_search(read_json(dir / "uninterrupted/search.json"), resumed);
 }
+
+TEST(DistributedSearchCli, LaunchRefusesWhatItCannotShare) {
+  auto r = run_toga("launch -n 2 generate model.gguf -p hi");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("does not share its work"), std::string::npos) << r.output;
+  r = run_toga("launch -n 0 search a b --budget 4.5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("at least one process"), std::string::npos) << r.output;
+  r = run_toga("search a b --budget 4.5 --world-size 2 --rank 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("rank 2 is outside 0..1"), std::string::npos) << r.output;
+}
