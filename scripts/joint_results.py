@@ -84,7 +84,11 @@ def measure(args, m, setting, budget):
     def searched(out, extra):
         ckpt = out + ".search.pt"
         if not os.path.exists(os.path.join(out, "search.json")) and not os.path.exists(os.path.join(out, "config.json")):
-            run([args.toga, "search", base, out, *extra, *search, *(["--resume"] if os.path.exists(ckpt) else []), *common], log)
+            # With --processes N the search runs as N ranks of `toga launch` (docs/DISTRIBUTED.md), each
+            # on its share of the cores; the result equals one process's up to rounding.
+            launcher = ["launch", "-n", str(args.processes)] if args.processes > 1 else []
+            run([args.toga, *launcher, "search", base, out, *extra, *search, *(["--resume"] if os.path.exists(ckpt) else []),
+                 *(common if args.processes <= 1 else [])], log)
         return out
 
     outputs["toga"] = searched(os.path.join(work, f"toga_{tag}"),
@@ -324,6 +328,7 @@ def main():
     ap.add_argument("--settings", default="wa,wo")
     ap.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS))
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--processes", type=int, default=1, help="ranks per search (toga launch -n N)")
     ap.add_argument("--toga", default=os.path.join(ROOT, "build", "toga"))
     ap.add_argument("--work", default=os.path.join(ROOT, "out", "joint"))
     ap.add_argument("--threads", type=int, default=0)

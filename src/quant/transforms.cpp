@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "quant/hadamard.h"
 #include "util/error.h"
 
 namespace toga {
@@ -12,11 +13,7 @@ torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t 
   if (n <= 0) fail("orthogonal transform of size {}", n);
   std::mt19937_64 rng(seed);
   if (kind == "hadamard") {
-    if ((n & (n - 1)) != 0)
-      fail("a Hadamard transform of size {} needs a power of two (other sizes: use \"rotation\")", n);
-    auto h = torch::ones({1, 1}, torch::kFloat64);
-    while (h.size(0) < n) h = torch::cat({torch::cat({h, h}, 1), torch::cat({h, -h}, 1)}, 0);
-    h = h / std::sqrt(double(n));
+    auto h = hadamard_matrix(n) / std::sqrt(double(n));
     if (seed != 0) {
       std::vector<double> signs(n);
       for (auto& s : signs) s = (rng() & 1) ? 1.0 : -1.0;

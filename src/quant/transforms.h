@@ -13,7 +13,8 @@
 
 namespace toga {
 
-// "hadamard": Sylvester's H_n / √n (n a power of two), with random ±1 column signs when seed ≠ 0.
+// "hadamard": H_n / √n (quant/hadamard.h: Sylvester's for a power of two, Paley ⊗ Sylvester for
+// the other widths it can build), with random ±1 column signs when seed ≠ 0.
 // "rotation": a random orthogonal matrix, the Q of a seeded Gaussian matrix's QR (signs fixed so
 // that R's diagonal is positive), float64 then rounded to float32.
 torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t seed);

@@ -39,11 +39,13 @@ TEST(Transforms, HadamardIsSylvestersMatrixAndRotationsAreOrthogonal) {
   const auto p = partitioned_transform("rotation", 10, 3, 1);
   EXPECT_EQ(p.narrow(0, 0, 7).narrow(1, 7, 3).abs().max().item<float>(), 0.0f);
   EXPECT_TRUE(torch::equal(p.narrow(0, 7, 3).narrow(1, 7, 3), orthogonal_transform("rotation", 3, 2)));
+  // Other widths come from quant/hadamard.h (tests/quant/test_hadamard.cpp); one with no
+  // construction is refused by width.
   try {
-    orthogonal_transform("hadamard", 12, 0);
-    ADD_FAILURE() << "a 12-wide Hadamard is not Sylvester's";
+    orthogonal_transform("hadamard", 18, 0);
+    ADD_FAILURE() << "no Hadamard matrix of order 18 exists";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("power of two"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("width 18"), std::string::npos) << e.what();
   }
 }
 
@@ -90,9 +92,10 @@ TEST(Transforms, PlanWithTransformsSavesLoadsAndReappliesExactly) {
   const auto r2 = apply_plan(again, stored, calib, "stored", false);
   for (size_t i = 0; i < report.linears.size(); ++i)
     EXPECT_TRUE(torch::equal(report.linears[i].weight.codes, r2.linears[i].weight.codes)) << report.linears[i].site;
-  // A Hadamard over a partition that is not a power of two is refused naming the site.
+  // A Hadamard over a partition with no Hadamard matrix is refused naming the site.
   Plan bad = uniform_plan(random_model(c, 11), o, "bad");
-  bad.sites.at("layers.0.mlp.down_proj").transform = "hadamard";  // 48 = 24 + 24, not powers of two
+  bad.sites.at("layers.0.mlp.down_proj").transform = "hadamard";
+  bad.sites.at("layers.0.mlp.down_proj").salient_count = 6;  // 48 = 42 + 6: neither has one
   Model m3 = random_model(c, 11);
   try {
     apply_plan(m3, bad, calib, "bad.json", false);
