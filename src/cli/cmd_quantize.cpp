@@ -11,6 +11,7 @@
 #include "quant/apply_plan.h"
 #include "quant/plan.h"
 #include "quant/recipes.h"
+#include "quant/rotation.h"
 #include "tokenizer/hf_json.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -31,6 +32,11 @@ void register_quantize(CLI::App& app) {
                   "other choices from the recipe and flags");
   cmd->add_option("--emit-plan", f->emit_plan, "write the resolved Plan (explicit orders and salient sets) as JSON");
   cmd->add_option("--save-dtype", f->save_dtype, "dtype of the unquantized tensors: fp32, bf16, fp16")->capture_default_str();
+  cmd->add_option("--rotate", f->rotate,
+                  "fold a rotation into the weights before quantizing (QuaRot/SpinQuant's front end): norm gains folded, "
+                  "R1 on the residual stream and R2 per layer on the value heads; hadamard (random-sign, any width "
+                  "quant/hadamard.h builds) | rotation (random orthogonal)");
+  cmd->add_option("--rotate-seed", f->rotate_seed, "seed of the rotation's signs / Gaussian draws")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
   cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
   add_common_options(cmd, f->common);
@@ -48,6 +54,8 @@ void register_quantize(CLI::App& app) {
         if (cmd->count(flag)) fail("{} cannot be combined with --plan: the Plan decides it", flag);
     }
     auto lm = load_model_and_tokenizer(f->model, f->common);
+    nlohmann::json rotation;
+    if (!f->rotate.empty()) rotation = nlohmann::json::parse(rotate_model(lm.model, {f->rotate, f->rotate_seed, true}));
     Plan plan;
     std::string where = "flags";
     if (!f->plan_file.empty()) {
@@ -68,6 +76,7 @@ void register_quantize(CLI::App& app) {
         plan = find_recipe(f->method).make(lm.model, opts);
       }
     }
+    if (!rotation.is_null()) plan.provenance["rotation"] = rotation;
     validate_plan(plan, lm.model, where);
     torch::Tensor calib;
     int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);

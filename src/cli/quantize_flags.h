@@ -30,6 +30,8 @@ struct QuantizeFlags {
   std::string report_json;
   std::string plan_file, masks_file, emit_plan;
   bool force = false;
+  std::string rotate;        // quantize: fold a rotation into the weights first (quant/rotation.h)
+  uint64_t rotate_seed = 1;
 };
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f);

@@ -10,6 +10,10 @@ namespace toga {
 bool is_known_transform(const std::string& kind) { return kind == "hadamard" || kind == "rotation"; }
 
 torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t seed) {
+  return orthogonal_transform_f64(kind, n, seed).to(torch::kFloat32);
+}
+
+torch::Tensor orthogonal_transform_f64(const std::string& kind, int64_t n, uint64_t seed) {
   if (n <= 0) fail("orthogonal transform of size {}", n);
   std::mt19937_64 rng(seed);
   if (kind == "hadamard") {
@@ -19,7 +23,7 @@ torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t 
       for (auto& s : signs) s = (rng() & 1) ? 1.0 : -1.0;
       h = h * torch::tensor(signs, torch::kFloat64).unsqueeze(0);
     }
-    return h.to(torch::kFloat32);
+    return h;
   }
   if (kind == "rotation") {
     // The Gaussian draws come from the seeded generator, not torch's, so every platform gets them.
@@ -29,7 +33,7 @@ torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t 
     const auto a = torch::tensor(g, torch::kFloat64).reshape({n, n});
     auto [q, r] = torch::linalg_qr(a);
     const auto signs = torch::sign(torch::diagonal(r));
-    return (q * signs.unsqueeze(0)).to(torch::kFloat32);
+    return q * signs.unsqueeze(0);
   }
   fail("unknown transform '{}' (known: hadamard, rotation)", kind);
 }

@@ -18,6 +18,8 @@ namespace toga {
 // "rotation": a random orthogonal matrix, the Q of a seeded Gaussian matrix's QR (signs fixed so
 // that R's diagonal is positive), float64 then rounded to float32.
 torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t seed);
+// The same matrix before the rounding to float32 (rotations folded into weights: quant/rotation.h).
+torch::Tensor orthogonal_transform_f64(const std::string& kind, int64_t n, uint64_t seed);
 
 // Block-diagonal [in, in]: orthogonal_transform over the first in − k_salient channels, and over
 // the last k_salient (seed + 1). Float32.

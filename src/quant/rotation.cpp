@@ -1,0 +1,122 @@
+#include "quant/rotation.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "quant/transforms.h"
+#include "util/error.h"
+
+namespace toga {
+
+namespace {
+
+using torch::Tensor;
+
+void check_rotatable(const Model& m, const char* what) {
+  for (size_t l = 0; l < m.blocks.size(); ++l) {
+    const Block& b = m.blocks[l];
+    if (b.attn_in.defined() || b.attn_out.defined() || b.mlp_in.defined() || b.mlp_out.defined())
+      fail("{}: block {} is pruned (DISP-LLM index lists); a rotation mixes every residual channel, so rotate before pruning",
+           what, l);
+    for (const LinearSite* s : b.sites())
+      if (s->kernel || s->in_index.defined() || s->out_index.defined() || s->in_transform.defined() || s->act.active() ||
+          s->custom_weight || s->custom_input)
+        fail("{}: site '{}' is already reordered, transformed or quantized; rotate the unquantized model", what, s->name);
+  }
+}
+
+// W (dtype kept) replaced by f(W in float64).
+template <typename F>
+void update(Tensor& w, F f) {
+  torch::NoGradGuard no_grad;
+  const auto dtype = w.scalar_type();
+  w = f(w.to(torch::kFloat64)).to(dtype).contiguous();
+}
+
+Tensor checked_orthogonal(const Tensor& r, int64_t n, const char* what) {
+  if (r.dim() != 2 || r.size(0) != n || r.size(1) != n)
+    fail("{}: the rotation must be [{}, {}], got {} dims of sizes {}", what, n, n, r.dim(), fmt::join(r.sizes(), "x"));
+  const Tensor rd = r.to(torch::kFloat64);
+  const double err = (rd.t().matmul(rd) - torch::eye(n, torch::kFloat64)).abs().max().item<double>();
+  if (err > 1e-4) fail("{}: the matrix is not orthogonal (max |RᵀR − I| = {:.3g})", what, err);
+  return rd;
+}
+
+}  // namespace
+
+void fold_norm_gains(Model& m) {
+  check_rotatable(m, "folding the norm gains");
+  auto fold = [](Tensor& gain, std::initializer_list<LinearSite*> readers) {
+    const Tensor g = gain.to(torch::kFloat64);
+    for (LinearSite* s : readers) update(s->weight, [&](const Tensor& w) { return w * g.unsqueeze(0); });
+    torch::NoGradGuard no_grad;
+    gain = torch::ones_like(gain);
+  };
+  for (Block& b : m.blocks) {
+    fold(b.attn_norm, {&b.q, &b.k, &b.v});
+    fold(b.mlp_norm, {&b.gate, &b.up});
+  }
+  untie_embedding(m);
+  fold(m.final_norm, {&m.lm_head});
+}
+
+void untie_embedding(Model& m) {
+  if (!m.config.tie_word_embeddings) return;
+  m.lm_head.weight = m.embed.clone();
+  m.config.tie_word_embeddings = false;
+}
+
+void rotate_residual(Model& m, const Tensor& r) {
+  check_rotatable(m, "rotating the residual stream");
+  const int64_t hidden = m.config.hidden_size;
+  const Tensor rd = checked_orthogonal(r, hidden, "rotating the residual stream");
+  auto norms_are_unit = [](const Tensor& g) { return torch::equal(g, torch::ones_like(g)); };
+  bool unit = norms_are_unit(m.final_norm);
+  for (const Block& b : m.blocks) unit = unit && norms_are_unit(b.attn_norm) && norms_are_unit(b.mlp_norm);
+  if (!unit) fail("rotating the residual stream needs unit RMSNorm gains (fold_norm_gains first)");
+  untie_embedding(m);
+  const Tensor R = rd.to(m.embed.device());
+  auto reader = [&](LinearSite& s) { update(s.weight, [&](const Tensor& w) { return w.matmul(R); }); };
+  auto writer = [&](LinearSite& s) {
+    update(s.weight, [&](const Tensor& w) { return R.t().matmul(w); });
+    if (s.bias.defined()) update(s.bias, [&](const Tensor& b) { return b.matmul(R); });
+  };
+  update(m.embed, [&](const Tensor& e) { return e.matmul(R); });
+  for (Block& b : m.blocks) {
+    for (LinearSite* s : {&b.q, &b.k, &b.v, &b.gate, &b.up}) reader(*s);
+    writer(b.o);
+    writer(b.down);
+  }
+  reader(m.lm_head);
+}
+
+void rotate_values(Model& m, int layer, const Tensor& r2) {
+  check_rotatable(m, "rotating the value heads");
+  const auto& c = m.config;
+  const int64_t hd = c.head_dim;
+  const Tensor R = checked_orthogonal(r2, hd, "rotating the value heads").to(m.embed.device());
+  Block& b = m.blocks.at(size_t(layer));
+  // v_proj: rows of kv head g → R2ᵀ·W_g; bias b_g·R2.
+  update(b.v.weight, [&](const Tensor& w) {
+    return R.t().matmul(w.reshape({c.num_key_value_heads, hd, -1})).reshape(w.sizes());
+  });
+  if (b.v.bias.defined())
+    update(b.v.bias, [&](const Tensor& v) { return v.reshape({c.num_key_value_heads, hd}).matmul(R).reshape(v.sizes()); });
+  // o_proj: input columns of every attention head → W·R2.
+  update(b.o.weight, [&](const Tensor& w) {
+    return w.reshape({w.size(0), c.num_attention_heads, hd}).matmul(R).reshape(w.sizes());
+  });
+}
+
+std::string rotate_model(Model& m, const RotationOptions& o) {
+  if (o.kind != "hadamard" && o.kind != "rotation") fail("--rotate must be hadamard or rotation, got '{}'", o.kind);
+  fold_norm_gains(m);
+  rotate_residual(m, orthogonal_transform_f64(o.kind, m.config.hidden_size, o.seed));
+  if (o.values)
+    for (int l = 0; l < int(m.blocks.size()); ++l)
+      rotate_values(m, l, orthogonal_transform_f64(o.kind, m.config.head_dim, o.seed + 1 + uint64_t(l)));
+  return fmt::format("{{\"kind\": \"{}\", \"seed\": {}, \"r1\": {}, \"r2\": {}}}", o.kind, o.seed, m.config.hidden_size,
+                     o.values ? m.config.head_dim : 0);
+}
+
+}  // namespace toga
