@@ -36,6 +36,9 @@ void register_quantize(CLI::App& app) {
                   "fold a rotation into the weights before quantizing (QuaRot/SpinQuant's front end): norm gains folded, "
                   "R1 on the residual stream and R2 per layer on the value heads; hadamard (random-sign, any width "
                   "quant/hadamard.h builds) | rotation (random orthogonal)");
+  cmd->add_option("--online-transform", f->online_transform,
+                  "ResQ's online transform on the down_proj input: hadamard (default; refused at widths with no "
+                  "construction) | rotation (random orthogonal, any width)");
   cmd->add_option("--rotate-seed", f->rotate_seed, "seed of the rotation's signs / Gaussian draws")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
   cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
@@ -54,6 +57,19 @@ void register_quantize(CLI::App& app) {
         if (cmd->count(flag)) fail("{} cannot be combined with --plan: the Plan decides it", flag);
     }
     auto lm = load_model_and_tokenizer(f->model, f->common);
+    // The calibration windows, drawn once (a method that prepares the model and GPTQ see the same).
+    torch::Tensor calib;
+    const int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);
+    auto calibration_windows = [&] {
+      if (!calib.defined()) {
+        const auto text = load_eval_text(f->calib_data);
+        const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
+        calib = sample_calibration_windows(tokens, f->calib, calib_seqlen, f->seed);
+        std::fprintf(stderr, "calibration: %d windows x %d tokens from %s (seed %llu)\n", f->calib, calib_seqlen,
+                     text.path.c_str(), static_cast<unsigned long long>(f->seed));
+      }
+      return calib;
+    };
     nlohmann::json rotation;
     if (!f->rotate.empty()) rotation = nlohmann::json::parse(rotate_model(lm.model, {f->rotate, f->rotate_seed, true}));
     Plan plan;
@@ -62,7 +78,8 @@ void register_quantize(CLI::App& app) {
       plan = read_plan_file(f->plan_file);
       where = f->plan_file;
     } else {
-      const QuantizeOptions opts = options_from_flags(*f, *cmd);
+      QuantizeOptions opts = options_from_flags(*f, *cmd);
+      if (!f->online_transform.empty()) opts.online_transform = f->online_transform;
       if (!f->masks_file.empty()) {
         nlohmann::json masks;
         try {
@@ -73,20 +90,17 @@ void register_quantize(CLI::App& app) {
         plan = plan_from_masks(lm.model, masks, opts, f->masks_file);
         where = f->masks_file;
       } else {
-        plan = find_recipe(f->method).make(lm.model, opts);
+        const Recipe& recipe = find_recipe(f->method);
+        if (recipe.prepare) {  // the method rotates the model from calibration statistics first
+          if (!rotation.is_null()) fail("--rotate cannot be combined with --method {}: it chooses its own rotation", f->method);
+          rotation = recipe.prepare(lm.model, calibration_windows(), opts);
+        }
+        plan = recipe.make(lm.model, opts);
       }
     }
     if (!rotation.is_null()) plan.provenance["rotation"] = rotation;
     validate_plan(plan, lm.model, where);
-    torch::Tensor calib;
-    int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);
-    if (plan.needs_calibration()) {
-      const auto text = load_eval_text(f->calib_data);
-      const auto tokens = tokenize_for_eval(*lm.tokenizer, text.text);
-      calib = sample_calibration_windows(tokens, f->calib, calib_seqlen, f->seed);
-      std::fprintf(stderr, "calibration: %d windows x %d tokens from %s (seed %llu)\n", f->calib, calib_seqlen,
-                   text.path.c_str(), static_cast<unsigned long long>(f->seed));
-    }
+    if (plan.needs_calibration()) calibration_windows();
     const auto report = apply_plan(lm.model, plan, calib, where);
     QuantizedCheckpointExtras extras;
     extras.base_model = {{"path", f->model},

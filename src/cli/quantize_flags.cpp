@@ -73,7 +73,8 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) 
   if (given("--act-order")) o.gptq.act_order = f.act_order;
   if (given("--sparsity")) o.sparsity = f.sparsity;
   // The generic recipes reorder only when there is something salient to put last.
-  if (f.method != "atom") o.reorder = o.salient_fraction > 0 || !o.salient_counts.empty();
+  if (f.method == "rtn" || f.method == "gptq" || f.method == "sparsegpt")
+    o.reorder = o.salient_fraction > 0 || !o.salient_counts.empty();
   if (given("--no-reorder")) o.reorder = false;
   validate(o.weight_low);
   validate(o.weight_high);

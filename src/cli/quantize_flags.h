@@ -32,6 +32,7 @@ struct QuantizeFlags {
   bool force = false;
   std::string rotate;        // quantize: fold a rotation into the weights first (quant/rotation.h)
   uint64_t rotate_seed = 1;
+  std::string online_transform;  // quantize: rotation methods' online transform
 };
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f);

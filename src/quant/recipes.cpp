@@ -1,5 +1,7 @@
 #include "quant/recipes.h"
 
+#include "quant/resq.h"
+
 #include <cmath>
 #include <mutex>
 
@@ -19,6 +21,7 @@ nlohmann::json QuantizeOptions::to_json() const {
           {"salient_fraction", salient_fraction},
           {"salient_counts", counts},
           {"reorder", reorder},
+          {"online_transform", online_transform},
           {"sparsity", sparsity},
           {"damp", gptq.damp},
           {"block_size", gptq.block_size},
@@ -98,6 +101,10 @@ struct Registry {
                             [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "sparsegpt"); }};
     recipes["atom"] = {"atom", "Atom: reorder by mean |x|, 12.5% INT8 salient, INT4 g128 W and A, GPTQ, KV4",
                        atom_defaults, [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "atom"); }};
+    recipes["resq"] = {"resq",
+                       "ResQ: PCA bases folded into the weights (top-variance 1/8 at INT8, the rest INT4, W and A), online "
+                       "Hadamard on down_proj, GPTQ, KV4",
+                       resq_defaults, resq_plan, resq_prepare};
   }
 };
 

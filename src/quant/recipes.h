@@ -27,6 +27,9 @@ struct QuantizeOptions {
   std::map<std::string, int64_t> salient_counts;  // ... unless a site is listed here
   bool reorder = true;         // sort input channels by mean |x| so the salient ones are last
   double sparsity = 0;         // SparseGPT's unstructured sparsity inside GPTQ (method gptq)
+  // Rotation methods' online transforms (ResQ's down_proj input): "hadamard" (refused at a width
+  // quant/hadamard.h cannot build) or "rotation" (random orthogonal, any width).
+  std::string online_transform = "hadamard";
   GptqSettings gptq;
   bool progress = true;
 
@@ -40,6 +43,10 @@ struct Recipe {
   // from these and overrides only what the user gave.
   std::function<QuantizeOptions()> defaults;
   std::function<Plan(const Model&, const QuantizeOptions&)> make;
+  // Methods that transform the model before their Plan (rotations folded from calibration
+  // statistics, e.g. ResQ): called with the calibration windows; returns its provenance. Empty for
+  // the others.
+  std::function<nlohmann::json(Model&, const torch::Tensor&, const QuantizeOptions&)> prepare;
 };
 
 void register_recipe(Recipe r);

@@ -93,18 +93,26 @@ void rotate_residual(Model& m, const Tensor& r) {
 void rotate_values(Model& m, int layer, const Tensor& r2) {
   check_rotatable(m, "rotating the value heads");
   const auto& c = m.config;
-  const int64_t hd = c.head_dim;
-  const Tensor R = checked_orthogonal(r2, hd, "rotating the value heads").to(m.embed.device());
+  const int64_t hd = c.head_dim, kv = c.num_key_value_heads, heads = c.num_attention_heads;
+  Tensor R;  // [kv, hd, hd]
+  if (r2.dim() == 2) {
+    R = checked_orthogonal(r2, hd, "rotating the value heads").unsqueeze(0).expand({kv, hd, hd});
+  } else {
+    if (r2.dim() != 3 || r2.size(0) != kv) fail("rotating the value heads: expected [{}, {}, {}] matrices", kv, hd, hd);
+    std::vector<Tensor> per_head;
+    for (int64_t g = 0; g < kv; ++g) per_head.push_back(checked_orthogonal(r2[g], hd, "rotating the value heads"));
+    R = torch::stack(per_head);
+  }
+  R = R.to(m.embed.device());
   Block& b = m.blocks.at(size_t(layer));
-  // v_proj: rows of kv head g → R2ᵀ·W_g; bias b_g·R2.
-  update(b.v.weight, [&](const Tensor& w) {
-    return R.t().matmul(w.reshape({c.num_key_value_heads, hd, -1})).reshape(w.sizes());
-  });
+  // v_proj: rows of kv head g → R_gᵀ·W_g; bias b_g·R_g.
+  update(b.v.weight, [&](const Tensor& w) { return R.transpose(1, 2).matmul(w.reshape({kv, hd, -1})).reshape(w.sizes()); });
   if (b.v.bias.defined())
-    update(b.v.bias, [&](const Tensor& v) { return v.reshape({c.num_key_value_heads, hd}).matmul(R).reshape(v.sizes()); });
-  // o_proj: input columns of every attention head → W·R2.
+    update(b.v.bias, [&](const Tensor& v) { return v.reshape({kv, 1, hd}).matmul(R).reshape(v.sizes()); });
+  // o_proj: the input columns of query head j → W·R_{group(j)}.
+  const Tensor per_query = R.repeat_interleave(heads / kv, 0);  // [heads, hd, hd]
   update(b.o.weight, [&](const Tensor& w) {
-    return w.reshape({w.size(0), c.num_attention_heads, hd}).matmul(R).reshape(w.sizes());
+    return w.reshape({w.size(0), heads, 1, hd}).matmul(per_query).reshape(w.sizes());
   });
 }
 

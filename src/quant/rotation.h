@@ -27,6 +27,8 @@ namespace toga {
 void fold_norm_gains(Model& m);
 void untie_embedding(Model& m);
 void rotate_residual(Model& m, const torch::Tensor& r);
+// r2: [head_dim, head_dim] for every kv head, or [kv_heads, head_dim, head_dim], one per kv head
+// (query heads use their group's).
 void rotate_values(Model& m, int layer, const torch::Tensor& r2);
 
 struct RotationOptions {
