@@ -4,10 +4,6 @@
 // bandwidth (bytes / s) and the bus bandwidth (× 2(N−1)/N, what each link carries in a ring), the
 // numbers docs/DISTRIBUTED.md projects from. Loopback measures the stack, not a network.
 //   build/bench_allreduce [repeats]
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,21 +17,9 @@ using namespace toga;
 
 namespace {
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Median seconds of `repeats` all-reduces of `n` float64 on `world` ranks (after one warm-up).
 double median_allreduce(int world, int64_t n, int repeats) {
-  const int port = free_port();
+  const int port = free_loopback_port();
   std::vector<std::future<std::vector<double>>> ranks;
   for (int r = 0; r < world; ++r)
     ranks.push_back(std::async(std::launch::async, [=] {

@@ -4,10 +4,8 @@
 // share. When one child fails, the others are stopped (after a grace period in which they report
 // the failure themselves) and the first failure's status is returned: a run never leaves orphans
 // behind or hangs on a dead peer.
-#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,29 +16,13 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "dist/collective.h"
 #include "model/threads.h"
 #include "util/error.h"
 
 namespace toga::cli {
 
 namespace {
-
-// A port the kernel just handed out on loopback: free now, and very likely still free when rank 0
-// binds it a moment later.
-int free_loopback_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) fail("cannot open a socket to find a free port");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof(a);
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  close(fd);
-  if (!ok) fail("cannot find a free loopback port (--master-port chooses one)");
-  return ntohs(a.sin_port);
-}
 
 std::string describe(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));

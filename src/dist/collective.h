@@ -30,6 +30,10 @@ struct DistributedOptions {
   void validate() const;
 };
 
+// A TCP port the kernel just handed out on loopback: free now, and very likely still free when
+// rank 0 binds it a moment later (`toga launch`, tests, benchmarks).
+int free_loopback_port();
+
 class Collective {
  public:
   explicit Collective(const DistributedOptions& options = {});

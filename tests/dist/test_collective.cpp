@@ -4,10 +4,6 @@
 // (the others fail after the timeout) — both ending in toga::Error, never a hang.
 #include <gtest/gtest.h>
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <functional>
 #include <future>
@@ -21,18 +17,6 @@ using torch::Tensor;
 
 namespace {
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 DistributedOptions rank_options(int world, int rank, int port, double timeout = 30) {
   DistributedOptions o;
   o.world_size = world;
@@ -44,7 +28,7 @@ DistributedOptions rank_options(int world, int rank, int port, double timeout = 
 
 // Runs body(rank, collective) on `world` threads; returns what each threw ("" for none).
 std::vector<std::string> run_ranks(int world, const std::function<void(int, Collective&)>& body, double timeout = 30) {
-  const int port = free_port();
+  const int port = free_loopback_port();
   std::vector<std::future<std::string>> done;
   for (int r = 0; r < world; ++r)
     done.push_back(std::async(std::launch::async, [=] {
