@@ -41,19 +41,22 @@ ResqBases resq_bases(Model& m, const Tensor& windows, double damp) {
   std::vector<ObserverHandle> handles;
   for (size_t l = 0; l < m.blocks.size(); ++l) {
     Block& b = m.blocks[l];
+    // Per-batch products in the model's precision (float32 for reduced dtypes), accumulated in
+    // float64: the calibration statistics' convention (quant/calibration.h).
     auto residual = [&ca](const LinearSite&, const Tensor& x) {
-      const Tensor x2 = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
-      ca += x2.t().matmul(x2);
+      const Tensor x2 = x.reshape({-1, x.size(-1)}).to(x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);
+      ca += x2.t().matmul(x2).to(torch::kFloat64);
     };
     handles.push_back(b.q.add_observer(residual));
     handles.push_back(b.up.add_observer(residual));
     Tensor& acc = cv[l];
     handles.push_back(b.v.add_observer([&acc, kv, hd](const LinearSite& s, const Tensor& x) {
-      const Tensor x2 = x.reshape({-1, x.size(-1)}).to(torch::kFloat64);
-      Tensor v = x2.matmul(s.weight.to(torch::kFloat64).t());
-      if (s.bias.defined()) v = v + s.bias.to(torch::kFloat64);
+      const auto dt = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+      const Tensor x2 = x.reshape({-1, x.size(-1)}).to(dt);
+      Tensor v = x2.matmul(s.weight.to(dt).t());
+      if (s.bias.defined()) v = v + s.bias.to(dt);
       const Tensor vh = v.reshape({-1, kv, hd}).transpose(0, 1);  // [kv, N, hd]
-      acc += vh.transpose(1, 2).matmul(vh);
+      acc += vh.transpose(1, 2).matmul(vh).to(torch::kFloat64);
     }));
   }
   {
