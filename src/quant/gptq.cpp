@@ -9,6 +9,15 @@ namespace toga {
 
 using torch::Tensor;
 
+Tensor inverse_hessian_factor(const Tensor& h_damped, double damp) {
+  try {
+    return torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(h_damped.to(torch::kDouble))),
+                                  /*upper=*/true);
+  } catch (const c10::Error& e) {
+    fail("GPTQ: damped Hessian is not positive definite (raise damp above {}): {}", damp, e.what_without_backtrace());
+  }
+}
+
 GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptions& o) {
   validate(o.low);
   validate(o.high);
@@ -46,12 +55,7 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
 
   // Row j of U (upper Cholesky of H^-1) is row j of the inverse Hessian restricted to the columns
   // not yet quantized, scaled by 1/sqrt of its diagonal: OBS downdating without ever downdating.
-  Tensor U;
-  try {
-    U = torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(H)), /*upper=*/true).to(dtype);
-  } catch (const c10::Error& e) {
-    fail("GPTQ: damped Hessian is not positive definite (raise damp above {}): {}", o.damp, e.what_without_backtrace());
-  }
+  const Tensor U = inverse_hessian_factor(H, o.damp).to(dtype);
 
   // Rows of Wt are W's columns, so every per-column step below touches contiguous memory.
   Tensor Wt = W.t().contiguous();

@@ -43,4 +43,8 @@ struct GptqResult {
 // (float64 for a float64 W); the Cholesky factor of H^-1 is always computed in float64.
 GptqResult gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, const GptqOptions& options);
 
+// U, the upper Cholesky factor of H⁻¹ (float64), for a damped Hessian: row j is row j of the
+// inverse restricted to the columns from j on, over √ of its diagonal (GPTQ and its relatives).
+torch::Tensor inverse_hessian_factor(const torch::Tensor& h_damped, double damp);
+
 }  // namespace toga
