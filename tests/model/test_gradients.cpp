@@ -28,11 +28,6 @@ using torch::Tensor;
 
 namespace {
 
-Tensor token_batch(const ModelConfig& c) {
-  torch::manual_seed(5);
-  return torch::randint(c.vocab_size, {2, 8}, torch::kLong);
-}
-
 // Mean next-token cross entropy; reduced-precision logits are promoted to float32 first, as a
 // training loop does.
 Tensor lm_loss(const Model& m, const Tensor& ids) {
@@ -146,7 +141,7 @@ QuantSpec act_spec(int bits) {
 TEST(Gradients, MaskGradientsMatchFiniteDifferencesInFloat64) {
   const ModelConfig c = gqa_gradient_config();
   Model m = random_model(c, 3, torch::kFloat64);
-  const Tensor ids = token_batch(c);
+  const Tensor ids = random_ids(c, 5, 2, 8);
   const std::vector<Mask> masks = attach_masks(m, torch::kFloat64);
   backward_loss(m, ids);
   expect_weights_frozen(m);
@@ -189,7 +184,7 @@ TEST(Gradients, MaskGradientsMatchFiniteDifferencesInFloat64) {
 
 TEST(Gradients, ActivationQuantizersPassTheStraightThroughGradient) {
   const ModelConfig c = gqa_gradient_config();
-  const Tensor ids = token_batch(c);
+  const Tensor ids = random_ids(c, 5, 2, 8);
   // Mixed-precision activations: the last quarter of each site's input channels at INT8, the rest
   // at INT4, per token.
   const QuantSpec low = act_spec(4), high = act_spec(8);
@@ -230,7 +225,7 @@ TEST(Gradients, ActivationQuantizersPassTheStraightThroughGradient) {
 
 TEST(Gradients, Bfloat16BackwardReachesEveryMask) {
   const ModelConfig c = gqa_gradient_config();
-  const Tensor ids = token_batch(c);
+  const Tensor ids = random_ids(c, 5, 2, 8);
   // Masks stay float32 (the master copy an optimizer updates); the transforms cast to bf16.
   for (bool with_act : {false, true}) {
     SCOPED_TRACE(with_act ? "weight-activation" : "weight-only");

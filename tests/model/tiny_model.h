@@ -28,6 +28,12 @@ inline Model random_model(const ModelConfig& c, uint64_t seed, torch::Dtype dtyp
 }
 
 // n uniformly random token ids below `vocab`: training data for searches on random models.
+// [batch, length] token ids from a seeded draw.
+inline torch::Tensor random_ids(const ModelConfig& c, uint64_t seed, int64_t batch, int64_t length) {
+  torch::manual_seed(seed);
+  return torch::randint(c.vocab_size, {batch, length}, torch::kLong);
+}
+
 inline std::vector<int> random_token_stream(int vocab, int n, uint64_t seed) {
   torch::manual_seed(seed);
   const torch::Tensor t = torch::randint(vocab, {n}, torch::kLong);
