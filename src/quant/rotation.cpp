@@ -116,6 +116,28 @@ void rotate_values(Model& m, int layer, const Tensor& r2) {
   });
 }
 
+Tensor cayley_sgd_step(const Tensor& x_in, const Tensor& g_in, double lr, bool reorthonormalize) {
+  if (x_in.dim() != 2 || x_in.size(0) != x_in.size(1) || !g_in.sizes().equals(x_in.sizes()))
+    fail("a Cayley step needs a square parameter and a gradient of its shape");
+  if (!(lr > 0)) fail("a Cayley step needs a positive learning rate, got {}", lr);
+  torch::NoGradGuard no_grad;
+  Tensor X = x_in.detach().to(torch::kFloat64);
+  X = X / X.norm(2, 1, true);
+  if (reorthonormalize) {
+    auto [q, r] = torch::linalg_qr(X);
+    X = q * torch::sign(torch::diagonal(r)).unsqueeze(0);
+  }
+  const Tensor V = -g_in.detach().to(torch::kFloat64).t();
+  const Tensor w_hat = V.matmul(X) - 0.5 * X.t().matmul(X.matmul(V).matmul(X));
+  const Tensor W = w_hat - w_hat.t();
+  const double norm1 = W.abs().sum(0).max().item<double>();
+  const double a = std::min(lr, 1.0 / (norm1 + 1e-8));
+  const Tensor xt = X.t();
+  Tensor Y = xt + a * V;
+  for (int i = 0; i < 5; ++i) Y = xt + a * W.matmul(xt + Y) / 2;
+  return Y.t().to(x_in.scalar_type());
+}
+
 std::string rotate_model(Model& m, const RotationOptions& o) {
   if (o.kind != "hadamard" && o.kind != "rotation") fail("--rotate must be hadamard or rotation, got '{}'", o.kind);
   fold_norm_gains(m);

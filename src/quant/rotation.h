@@ -31,6 +31,14 @@ void rotate_residual(Model& m, const torch::Tensor& r);
 // (query heads use their group's).
 void rotate_values(Model& m, int layer, const torch::Tensor& r2);
 
+// One step of SpinQuant's Cayley SGD (momentum 0; BASELINES.md §2) on an orthogonal parameter X
+// [n, n] with Euclidean gradient G: the update moves along the manifold of orthogonal matrices,
+// Y = (I − a/2·W)⁻¹(I + a/2·W)·Xᵀ for the skew W = Ŵ − Ŵᵀ, Ŵ = V·X − ½·Xᵀ(X·V·X), V = −Gᵀ, with the
+// inverse by 5 fixed-point iterations and the step a = min(lr, 1 / (‖W‖₁ + 1e-8)). The rows of X are
+// normalized first, and, with `reorthonormalize`, X is replaced by the sign-corrected Q of its QR
+// (SpinQuant does this with probability 1/101). Float64 inside; returns Yᵀ in X's dtype.
+torch::Tensor cayley_sgd_step(const torch::Tensor& x, const torch::Tensor& g, double lr, bool reorthonormalize = false);
+
 struct RotationOptions {
   std::string kind = "hadamard";  // "hadamard" (random-sign, quant/hadamard.h) | "rotation" (random orthogonal)
   uint64_t seed = 1;

@@ -87,3 +87,30 @@ TEST(Rotation, SmolLM2RotatedKeepsItsLogits) {
   EXPECT_LT(max_diff(after, before), 2e-3);
   EXPECT_TRUE(torch::equal(after.argmax(-1), before.argmax(-1)));
 }
+
+// A Cayley step stays on the orthogonal matrices and lowers a loss: f(R) = ‖A·R − A·R*‖², R* a
+// random rotation in SO(n), from R = I.
+TEST(Rotation, CayleyStepsStayOrthogonalAndLowerALoss) {
+  torch::manual_seed(6);
+  const int64_t n = 12;
+  const Tensor A = torch::randn({40, n}, torch::kFloat64);
+  // A target rotation in SO(n), where steps from I can reach it (det −1 is the other component).
+  const Tensor s0 = torch::randn({n, n}, torch::kFloat64);
+  const Tensor target = A.matmul(torch::matrix_exp(0.3 * (s0 - s0.t())));
+  const double scale = 1.0 / (A - target).pow(2).sum().item<double>();  // f(I) = 1: steps of size ~lr
+  auto loss = [&](const Tensor& r) { return scale * (A.matmul(r) - target).pow(2).sum(); };
+  Tensor R = torch::eye(n, torch::kFloat64);
+  const double start = loss(R).item<double>();
+  double previous = start;
+  for (int step = 0; step < 600; ++step) {
+    Tensor p = R.clone().requires_grad_(true);
+    loss(p).backward();
+    R = cayley_sgd_step(R, p.grad(), 0.05, step % 50 == 49);
+    EXPECT_LT((R.t().matmul(R) - torch::eye(n, torch::kFloat64)).abs().max().item<double>(), 1e-6) << "step " << step;
+    const double now = loss(R).item<double>();
+    if (step < 5) EXPECT_LT(now, previous) << "step " << step;
+    previous = now;
+  }
+  EXPECT_LT(previous, 0.05 * start);
+  EXPECT_THROW(cayley_sgd_step(R, torch::zeros({n, n + 1}, torch::kFloat64), 0.1), Error);
+}
