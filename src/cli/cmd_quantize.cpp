@@ -39,6 +39,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--online-transform", f->online_transform,
                   "ResQ's online transform on the down_proj input: hadamard (default; refused at widths with no "
                   "construction) | rotation (random orthogonal, any width)");
+  cmd->add_option("--rotation-steps", f->rotation_steps,
+                  "SpinQuant: Cayley SGD steps, one calibration window each (default: one per --calib window)");
   cmd->add_option("--rotate-seed", f->rotate_seed, "seed of the rotation's signs / Gaussian draws")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
   cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
@@ -80,6 +82,7 @@ void register_quantize(CLI::App& app) {
     } else {
       QuantizeOptions opts = options_from_flags(*f, *cmd);
       if (!f->online_transform.empty()) opts.online_transform = f->online_transform;
+      opts.rotation_steps = f->rotation_steps;
       if (!f->masks_file.empty()) {
         nlohmann::json masks;
         try {

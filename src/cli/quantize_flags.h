@@ -33,6 +33,7 @@ struct QuantizeFlags {
   std::string rotate;        // quantize: fold a rotation into the weights first (quant/rotation.h)
   uint64_t rotate_seed = 1;
   std::string online_transform;  // quantize: rotation methods' online transform
+  int rotation_steps = 0;        // quantize: SpinQuant's training steps
 };
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f);

@@ -1,6 +1,7 @@
 #include "quant/recipes.h"
 
 #include "quant/resq.h"
+#include "quant/spinquant.h"
 
 #include <cmath>
 #include <mutex>
@@ -22,6 +23,7 @@ nlohmann::json QuantizeOptions::to_json() const {
           {"salient_counts", counts},
           {"reorder", reorder},
           {"online_transform", online_transform},
+          {"rotation_steps", rotation_steps},
           {"sparsity", sparsity},
           {"damp", gptq.damp},
           {"block_size", gptq.block_size},
@@ -105,6 +107,10 @@ struct Registry {
                        "ResQ: PCA bases folded into the weights (top-variance 1/8 at INT8, the rest INT4, W and A), online "
                        "Hadamard on down_proj, GPTQ, KV4",
                        resq_defaults, resq_plan, resq_prepare};
+    recipes["spinquant"] = {"spinquant",
+                            "SpinQuant: R1 and per-layer R2 learned by Cayley SGD at W16A4KV4, folded; online Hadamard on "
+                            "down_proj; GPTQ W4A4KV4",
+                            spinquant_defaults, spinquant_plan, spinquant_prepare};
   }
 };
 
