@@ -73,7 +73,7 @@ void register_quantize(CLI::App& app) {
       return calib;
     };
     nlohmann::json rotation;
-    if (!f->rotate.empty()) rotation = nlohmann::json::parse(rotate_model(lm.model, {f->rotate, f->rotate_seed, true}));
+    if (!f->rotate.empty()) rotation = rotate_model(lm.model, {f->rotate, f->rotate_seed, true});
     Plan plan;
     std::string where = "flags";
     if (!f->plan_file.empty()) {

@@ -137,13 +137,14 @@ Collective::Collective(const DistributedOptions& options) : options_(options) {
 
 Collective::~Collective() = default;
 
-void Collective::allreduce_sum(torch::Tensor& t, const std::string& what) {
-  if (!distributed()) return;
+// Runs `op` on a contiguous CPU copy of t (Gloo's side), copies the result back, and accounts for it.
+template <typename Op>
+void Collective::on_host(torch::Tensor& t, const std::string& what, Op op) {
   const auto t0 = std::chrono::steady_clock::now();
   torch::Tensor host = t.device().is_cpu() && t.is_contiguous() ? t : t.to(torch::kCPU).contiguous();
   std::vector<torch::Tensor> v{host};
   try {
-    impl_->group->allreduce(v)->wait();
+    op(v)->wait();
   } catch (const std::exception& e) {
     lost_contact(options_, what, e);
   }
@@ -152,22 +153,17 @@ void Collective::allreduce_sum(torch::Tensor& t, const std::string& what) {
   bytes_ += double(t.numel() * t.element_size());
 }
 
+void Collective::allreduce_sum(torch::Tensor& t, const std::string& what) {
+  if (!distributed()) return;
+  on_host(t, what, [&](std::vector<torch::Tensor>& v) { return impl_->group->allreduce(v); });
+}
+
 void Collective::broadcast(torch::Tensor& t, const std::string& what, int root, double timeout_seconds) {
   if (!distributed()) return;
-  const auto t0 = std::chrono::steady_clock::now();
-  torch::Tensor host = t.device().is_cpu() && t.is_contiguous() ? t : t.to(torch::kCPU).contiguous();
-  std::vector<torch::Tensor> v{host};
   c10d::BroadcastOptions bo;
   bo.rootRank = root;
   if (timeout_seconds > 0) bo.timeout = millis(timeout_seconds);
-  try {
-    impl_->group->broadcast(v, bo)->wait();
-  } catch (const std::exception& e) {
-    lost_contact(options_, what, e);
-  }
-  if (!host.is_same(t)) t.copy_(host);
-  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  bytes_ += double(t.numel() * t.element_size());
+  on_host(t, what, [&](std::vector<torch::Tensor>& v) { return impl_->group->broadcast(v, bo); });
 }
 
 void Collective::barrier(const std::string& what, double timeout_seconds) {

@@ -62,6 +62,8 @@ class Collective {
 
  private:
   struct Impl;
+  template <typename Op>
+  void on_host(torch::Tensor& t, const std::string& what, Op op);
   DistributedOptions options_;
   std::unique_ptr<Impl> impl_;
   double seconds_ = 0, bytes_ = 0;

@@ -1,5 +1,6 @@
 #include "quant/recipes.h"
 
+#include "quant/hadamard.h"
 #include "quant/resq.h"
 #include "quant/spinquant.h"
 
@@ -145,6 +146,26 @@ std::vector<std::string> recipe_names() {
   std::vector<std::string> out;
   for (const auto& [n, r] : reg.recipes) out.push_back(n);
   return out;
+}
+
+void set_down_proj_transform(Plan& p, const Model& m, const std::string& kind, uint64_t seed_base, const std::string& method) {
+  if (kind != "hadamard" && kind != "rotation") fail("the online transform must be hadamard or rotation, got '{}'", kind);
+  for (size_t l = 0; l < m.blocks.size(); ++l) {
+    const LinearSite& down = m.blocks[l].down;
+    if (kind == "hadamard") {
+      try {
+        hadamard_factors(down.in_features());
+      } catch (const Error& e) {
+        fail("{}'s online Hadamard on {}'s input: {} (--online-transform rotation uses a random orthogonal matrix)", method,
+             down.name, e.what());
+      }
+    }
+    SitePlan& sp = p.sites.at(down.name);
+    sp.salient = torch::Tensor();
+    sp.salient_count = 0;
+    sp.transform = kind;
+    sp.transform_seed = seed_base + l;
+  }
 }
 
 Plan uniform_plan(const Model& model, const QuantizeOptions& o, const std::string& recipe) {

@@ -64,6 +64,11 @@ Plan uniform_plan(const Model& model, const QuantizeOptions& opts, const std::st
 Plan plan_from_masks(const Model& model, const nlohmann::json& masks, const QuantizeOptions& opts,
                      const std::string& where);
 
+// Rotation recipes' online transform on every down_proj input (ResQ's and SpinQuant's R4): `kind`
+// "hadamard" (a width with no Hadamard matrix is an error naming the site and `method`) or
+// "rotation", seeded seed_base + layer, with no high-precision channels.
+void set_down_proj_transform(Plan& p, const Model& m, const std::string& kind, uint64_t seed_base, const std::string& method);
+
 // Convenience for tests and scripts: uniform_plan + apply_plan.
 QuantizationReport quantize_model(Model& model, const QuantizeOptions& opts, const torch::Tensor& calibration);
 

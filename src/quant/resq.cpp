@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "quant/hadamard.h"
 #include "quant/rotation.h"
 #include "quant/transforms.h"
 #include "util/error.h"
@@ -23,11 +22,7 @@ Tensor pca_basis(const Tensor& c, double damp) {
 
 // U·diag(R(n − k), R(k)): random orthogonal mixing inside the low and the high subspace.
 Tensor mixed_in_subspaces(const Tensor& u, int64_t k, uint64_t seed) {
-  const int64_t n = u.size(0);
-  Tensor r = torch::zeros({n, n}, torch::kFloat64);
-  if (n - k > 0) r.narrow(0, 0, n - k).narrow(1, 0, n - k).copy_(orthogonal_transform_f64("rotation", n - k, seed));
-  if (k > 0) r.narrow(0, n - k, k).narrow(1, n - k, k).copy_(orthogonal_transform_f64("rotation", k, seed + 1));
-  return u.matmul(r);
+  return u.matmul(partitioned_transform_f64("rotation", u.size(0), k, seed));
 }
 
 }  // namespace
@@ -119,24 +114,8 @@ Plan resq_plan(const Model& m, const QuantizeOptions& o) {
   for (size_t l = 0; l < m.blocks.size(); ++l) {
     SitePlan& op = p.sites.at(m.blocks[l].o.name);
     op.salient = torch::tensor(head_tails, torch::kLong);
-    SitePlan& down = p.sites.at(m.blocks[l].down.name);
-    down.salient = Tensor();
-    down.salient_count = 0;
-    if (o.online_transform != "hadamard" && o.online_transform != "rotation")
-      fail("the online transform must be hadamard or rotation, got '{}'", o.online_transform);
-    if (o.online_transform == "hadamard" && !has_hadamard(m.blocks[l].down.in_features()))
-      fail("ResQ's online Hadamard on {}'s input: {} (--online-transform rotation uses a random orthogonal matrix)",
-           m.blocks[l].down.name, [&] {
-             try {
-               hadamard_factors(m.blocks[l].down.in_features());
-             } catch (const Error& e) {
-               return std::string(e.what());
-             }
-             return std::string();
-           }());
-    down.transform = o.online_transform;
-    down.transform_seed = 0x5e51 + 1000 + l;
   }
+  set_down_proj_transform(p, m, o.online_transform, 0x5e51 + 1000, "ResQ");
   return p;
 }
 

@@ -123,10 +123,7 @@ Tensor cayley_sgd_step(const Tensor& x_in, const Tensor& g_in, double lr, bool r
   torch::NoGradGuard no_grad;
   Tensor X = x_in.detach().to(torch::kFloat64);
   X = X / X.norm(2, 1, true);
-  if (reorthonormalize) {
-    auto [q, r] = torch::linalg_qr(X);
-    X = q * torch::sign(torch::diagonal(r)).unsqueeze(0);
-  }
+  if (reorthonormalize) X = orthonormalized(X);
   const Tensor V = -g_in.detach().to(torch::kFloat64).t();
   const Tensor w_hat = V.matmul(X) - 0.5 * X.t().matmul(X.matmul(V).matmul(X));
   const Tensor W = w_hat - w_hat.t();
@@ -138,15 +135,14 @@ Tensor cayley_sgd_step(const Tensor& x_in, const Tensor& g_in, double lr, bool r
   return Y.t().to(x_in.scalar_type());
 }
 
-std::string rotate_model(Model& m, const RotationOptions& o) {
+nlohmann::json rotate_model(Model& m, const RotationOptions& o) {
   if (o.kind != "hadamard" && o.kind != "rotation") fail("--rotate must be hadamard or rotation, got '{}'", o.kind);
   fold_norm_gains(m);
   rotate_residual(m, orthogonal_transform_f64(o.kind, m.config.hidden_size, o.seed));
   if (o.values)
     for (int l = 0; l < int(m.blocks.size()); ++l)
       rotate_values(m, l, orthogonal_transform_f64(o.kind, m.config.head_dim, o.seed + 1 + uint64_t(l)));
-  return fmt::format("{{\"kind\": \"{}\", \"seed\": {}, \"r1\": {}, \"r2\": {}}}", o.kind, o.seed, m.config.hidden_size,
-                     o.values ? m.config.head_dim : 0);
+  return {{"kind", o.kind}, {"seed", o.seed}, {"r1", m.config.hidden_size}, {"r2", o.values ? m.config.head_dim : 0}};
 }
 
 }  // namespace toga

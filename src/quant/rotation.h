@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "model/model.h"
@@ -46,7 +47,7 @@ struct RotationOptions {
 };
 
 // fold, untie, R1 over the hidden width and (with `values`) R2 per layer, seeded per layer: the
-// rotated starting point every rotation method shares. Returns a JSON-able description.
-std::string rotate_model(Model& m, const RotationOptions& o);
+// rotated starting point every rotation method shares. Returns what was done (provenance).
+nlohmann::json rotate_model(Model& m, const RotationOptions& o);
 
 }  // namespace toga

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include "quant/apply_plan.h"
-#include "quant/hadamard.h"
 #include "quant/quantizer.h"
 #include "quant/rotation.h"
 #include "quant/transforms.h"
@@ -120,13 +119,9 @@ nlohmann::json spinquant_prepare(Model& m, const Tensor& windows, const Quantize
   t.progress = o.progress;
   const LearnedRotations r = learn_rotations(m, windows, t);
   // The learned matrices are orthogonal to the Cayley steps' accuracy; fold their nearest exact
-  // rotations (the Q of QR, signs fixed) so that the folded model is the same function.
-  auto exact = [](const Tensor& x) {
-    auto [q, rr] = torch::linalg_qr(x);
-    return q * torch::sign(torch::diagonal(rr)).unsqueeze(0);
-  };
-  rotate_residual(m, exact(r.r1));
-  for (size_t l = 0; l < m.blocks.size(); ++l) rotate_values(m, int(l), exact(r.r2[l]));
+  // rotations so that the folded model is the same function.
+  rotate_residual(m, orthonormalized(r.r1));
+  for (size_t l = 0; l < m.blocks.size(); ++l) rotate_values(m, int(l), orthonormalized(r.r2[l]));
   return {{"method", "spinquant"},
           {"training", {{"steps", r.losses.size()}, {"seqlen", windows.size(1)}, {"lr", t.lr}, {"act_bits", t.act.bits},
                         {"kv_bits", t.kv.bits}, {"loss", r.losses}}},
@@ -138,14 +133,8 @@ Plan spinquant_plan(const Model& m, const QuantizeOptions& o) {
   u.reorder = false;
   u.salient_fraction = 0;
   Plan p = uniform_plan(m, u, "spinquant");
-  for (size_t l = 0; l < m.blocks.size(); ++l) {
-    SitePlan& down = p.sites.at(m.blocks[l].down.name);
-    if (!has_hadamard(m.blocks[l].down.in_features()) && o.online_transform == "hadamard")
-      fail("SpinQuant's online Hadamard on {}: no Hadamard matrix of width {} (--online-transform rotation)",
-           m.blocks[l].down.name, m.blocks[l].down.in_features());
-    down.transform = o.online_transform;
-    down.transform_seed = 1000 + l;
-  }
+  // Seeds 1000 + layer: the matrices training used (learn_rotations).
+  set_down_proj_transform(p, m, o.online_transform, 1000, "SpinQuant");
   return p;
 }
 

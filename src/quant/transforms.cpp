@@ -30,19 +30,25 @@ torch::Tensor orthogonal_transform_f64(const std::string& kind, int64_t n, uint6
     std::normal_distribution<double> normal(0.0, 1.0);
     std::vector<double> g(static_cast<size_t>(n * n));
     for (auto& v : g) v = normal(rng);
-    const auto a = torch::tensor(g, torch::kFloat64).reshape({n, n});
-    auto [q, r] = torch::linalg_qr(a);
-    const auto signs = torch::sign(torch::diagonal(r));
-    return q * signs.unsqueeze(0);
+    return orthonormalized(torch::tensor(g, torch::kFloat64).reshape({n, n}));
   }
   fail("unknown transform '{}' (known: hadamard, rotation)", kind);
 }
 
+torch::Tensor orthonormalized(const torch::Tensor& x) {
+  auto [q, r] = torch::linalg_qr(x.to(torch::kFloat64));
+  return q * torch::sign(torch::diagonal(r)).unsqueeze(0);
+}
+
 torch::Tensor partitioned_transform(const std::string& kind, int64_t in, int64_t k_salient, uint64_t seed) {
-  auto r = torch::zeros({in, in}, torch::kFloat32);
+  return partitioned_transform_f64(kind, in, k_salient, seed).to(torch::kFloat32);
+}
+
+torch::Tensor partitioned_transform_f64(const std::string& kind, int64_t in, int64_t k_salient, uint64_t seed) {
+  auto r = torch::zeros({in, in}, torch::kFloat64);
   const int64_t low = in - k_salient;
-  if (low > 0) r.narrow(0, 0, low).narrow(1, 0, low).copy_(orthogonal_transform(kind, low, seed));
-  if (k_salient > 0) r.narrow(0, low, k_salient).narrow(1, low, k_salient).copy_(orthogonal_transform(kind, k_salient, seed + 1));
+  if (low > 0) r.narrow(0, 0, low).narrow(1, 0, low).copy_(orthogonal_transform_f64(kind, low, seed));
+  if (k_salient > 0) r.narrow(0, low, k_salient).narrow(1, low, k_salient).copy_(orthogonal_transform_f64(kind, k_salient, seed + 1));
   return r;
 }
 

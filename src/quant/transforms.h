@@ -22,8 +22,13 @@ torch::Tensor orthogonal_transform(const std::string& kind, int64_t n, uint64_t 
 torch::Tensor orthogonal_transform_f64(const std::string& kind, int64_t n, uint64_t seed);
 
 // Block-diagonal [in, in]: orthogonal_transform over the first in − k_salient channels, and over
-// the last k_salient (seed + 1). Float32.
+// the last k_salient (seed + 1). Float32; _f64 before the rounding.
 torch::Tensor partitioned_transform(const std::string& kind, int64_t in, int64_t k_salient, uint64_t seed);
+torch::Tensor partitioned_transform_f64(const std::string& kind, int64_t in, int64_t k_salient, uint64_t seed);
+
+// The Q of x's QR with signs fixed so that R's diagonal is positive: the orthogonal matrix nearest
+// to a nearly orthogonal x (float64).
+torch::Tensor orthonormalized(const torch::Tensor& x);
 
 bool is_known_transform(const std::string& kind);
 

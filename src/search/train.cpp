@@ -4,8 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 #include <tuple>
 
@@ -157,12 +155,6 @@ int load_checkpoint_bytes(const std::string& bytes, const std::string& source, H
   return int(step.item<int64_t>());
 }
 
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail_file(path, "cannot read the search checkpoint");
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // A sequential float64 sum over the hypernetwork's weights: the same bits on every rank exactly when
 // the weights are (one ULP anywhere moves it), whatever each rank's thread count.
 double weights_fingerprint(Hypernet& net) {
@@ -260,7 +252,7 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
   if (o.resume && !o.checkpoint_path.empty()) {
     // Rank 0 reads the checkpoint and hands it to every rank: only its machine needs the file.
     std::string bytes;
-    if (comm.is_root() && std::filesystem::exists(o.checkpoint_path)) bytes = read_whole_file(o.checkpoint_path);
+    if (comm.is_root() && std::filesystem::exists(o.checkpoint_path)) bytes = read_text_file(o.checkpoint_path);
     bytes = comm.broadcast_bytes(bytes, "the checkpoint's broadcast from rank 0");
     if (!bytes.empty()) {
       start = load_checkpoint_bytes(bytes, o.checkpoint_path, hyper, opt, result.curve, identity);
@@ -346,12 +338,7 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
     if (at_checkpoint) {
       synchronize_ranks(comm, hyper, opt, step + 1, result.curve, identity);
       if (comm.is_root() && !o.checkpoint_path.empty()) {
-        const std::string bytes = checkpoint_bytes(hyper, opt, step + 1, result.curve, identity);
-        write_file_atomically(o.checkpoint_path, [&](const std::string& tmp) {
-          std::ofstream out(tmp, std::ios::binary);
-          out.write(bytes.data(), std::streamsize(bytes.size()));
-          if (!out.flush()) fail_file(tmp, "cannot write the search checkpoint");
-        });
+        write_text_atomically(o.checkpoint_path, checkpoint_bytes(hyper, opt, step + 1, result.curve, identity));
       }
     }
   }
