@@ -44,10 +44,14 @@ struct LaunchFlags {
 int launch(const LaunchFlags& f) {
   if (f.processes < 1) fail("launch needs at least one process, got {}", f.processes);
   if (f.command.empty()) fail("launch needs a command: toga launch -n N search MODEL OUT ...");
-  // Only the search shares its work between processes; any other verb would just run N times.
-  if (f.command.front() != "search")
-    fail("launch runs `toga search` on several processes; '{}' does not share its work between processes",
-         f.command.front());
+  // Only these verbs share their work between processes; any other would just run N times. The
+  // search's ranks compute at once (each gets its share of the cores); a layer-sharded quantization's
+  // take turns block range by block range (each may use every core).
+  const std::string& verb = f.command.front();
+  if (verb != "search" && verb != "quantize")
+    fail("launch runs `toga search` (data-parallel) or `toga quantize` (layer-sharded) on several processes; '{}' does "
+         "not share its work between processes", verb);
+  const bool take_turns = verb == "quantize";
   const int port = f.master_port > 0 ? f.master_port : free_loopback_port();
   const std::string master = "127.0.0.1:" + std::to_string(port);
   // Each rank gets a contiguous share of the CPUs this process may use.
@@ -57,8 +61,8 @@ int launch(const LaunchFlags& f) {
   std::vector<int> cpus;
   for (int c = 0; c < CPU_SETSIZE; ++c)
     if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
-  const int share = std::max<int>(1, int(cpus.size()) / f.processes);
-  const bool pin = f.pin && int(cpus.size()) >= f.processes;
+  const int share = take_turns ? int(cpus.size()) : std::max<int>(1, int(cpus.size()) / f.processes);
+  const bool pin = f.pin && !take_turns && int(cpus.size()) >= f.processes;
   std::fprintf(stderr, "launch: %d processes meeting at %s, %d thread(s) each%s\n", f.processes, master.c_str(), share,
                pin ? ", pinned" : "");
   std::fflush(stderr);
@@ -148,7 +152,7 @@ int launch(const LaunchFlags& f) {
 }  // namespace
 
 void register_launch(CLI::App& app) {
-  auto* cmd = app.add_subcommand("launch", "run a command as N cooperating processes on this machine (a search shared by ranks)");
+  auto* cmd = app.add_subcommand("launch", "run a command as N cooperating processes on this machine (a search shared by ranks, a quantization split by layers)");
   auto f = std::make_shared<LaunchFlags>();
   cmd->add_option("-n,--processes", f->processes, "number of processes (ranks)")->capture_default_str();
   cmd->add_option("--master-port", f->master_port, "rank 0's port on loopback (default: a free one)");

@@ -1,4 +1,5 @@
 // toga quantize: RTN, GPTQ or Atom-style mixed precision into a quantized checkpoint directory.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -6,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/quantize_flags.h"
+#include "dist/layer_shards.h"
 #include "quant/calibration.h"
 #include "quant/format.h"
 #include "quant/apply_plan.h"
@@ -19,6 +21,9 @@
 namespace fs = std::filesystem;
 
 namespace toga::cli {
+
+// How long a layer-sharded rank waits for the previous one, which quantizes every earlier block first.
+constexpr double kPipelineWaitSeconds = 24 * 3600;
 
 void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize", "quantize a model (RTN, GPTQ, Atom-style mixed precision)");
@@ -44,11 +49,26 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--rotate-seed", f->rotate_seed, "seed of the rotation's signs / Gaussian draws")->capture_default_str();
   cmd->add_option("--report", f->report_json, "write the quantization report (bits, per-layer losses) as JSON");
   cmd->add_flag("--force", f->force, "replace an earlier toga output at the output path (and --report file)");
+  add_distributed_options(cmd, f->dist, "quantization, layer-sharded: each process holds a range of blocks");
   add_common_options(cmd, f->common);
   cmd->callback([f, cmd] {
     apply_common_options(f->common);
     const DType save = parse_storage_dtype(f->save_dtype, "--save-dtype");
-    check_output_paths(f->force, {f->output}, {f->report_json, f->emit_plan});
+    f->dist.validate();
+    const bool root = f->dist.rank == 0, sharded = f->dist.world_size > 1;
+    if (root) check_output_paths(f->force, {f->output}, {f->report_json, f->emit_plan});
+    // Layer-sharded (dist/layer_shards.h): this process loads and quantizes its blocks only.
+    std::unique_ptr<Collective> comm;
+    LayerShard shard;
+    if (sharded) {
+      if (!f->rotate.empty()) fail("--rotate cannot be layer-sharded: the rotation changes every block at once");
+      f->dist.device = parse_device(f->common.device, f->dist.rank);
+      f->common.device = f->dist.device.str();
+      comm = std::make_unique<Collective>(f->dist);
+      shard = pipeline_shard(*comm, open_checkpoint(f->model).config.num_hidden_layers, kPipelineWaitSeconds);
+      std::fprintf(stderr, "rank %d of %d: blocks %d..%d\n", comm->rank(), comm->world_size(), shard.begin, shard.end - 1);
+    }
+    const auto started = std::chrono::steady_clock::now();
     if (!f->plan_file.empty()) {
       static const char* recipe_flags[] = {"--method", "--wbits", "--abits", "--high-bits", "--group-size",
                                            "--act-group-size", "--asym", "--act-asym", "--salient-frac",
@@ -58,7 +78,7 @@ void register_quantize(CLI::App& app) {
       for (const char* flag : recipe_flags)
         if (cmd->count(flag)) fail("{} cannot be combined with --plan: the Plan decides it", flag);
     }
-    auto lm = load_model_and_tokenizer(f->model, f->common);
+    auto lm = load_model_and_tokenizer(f->model, f->common, true, {shard.begin, shard.end});
     // The calibration windows, drawn once (a method that prepares the model and GPTQ see the same).
     torch::Tensor calib;
     const int calib_seqlen = std::min(f->calib_seqlen, lm.model.config.max_position_embeddings);
@@ -96,6 +116,7 @@ void register_quantize(CLI::App& app) {
         const Recipe& recipe = find_recipe(f->method);
         if (recipe.prepare) {  // the method rotates the model from calibration statistics first
           if (!rotation.is_null()) fail("--rotate cannot be combined with --method {}: it chooses its own rotation", f->method);
+          if (sharded) fail("--method {} rotates every block at once: it cannot be layer-sharded", f->method);
           rotation = recipe.prepare(lm.model, calibration_windows(), opts);
         }
         plan = recipe.make(lm.model, opts);
@@ -104,9 +125,26 @@ void register_quantize(CLI::App& app) {
     if (!rotation.is_null()) plan.provenance["rotation"] = rotation;
     validate_plan(plan, lm.model, where);
     if (plan.needs_calibration()) calibration_windows();
-    const auto report = apply_plan(lm.model, plan, calib, where);
+    if (sharded) {  // every rank must run the same quantization, or the pipeline would mix them
+      const std::string plan_json = plan_to_json(plan).dump();
+      comm->require_same_as_root(
+          fmt::format("plan={} calibration={}", fingerprint(plan_json.data(), plan_json.size()),
+                      calib.defined() ? fingerprint(calib.data_ptr(), calib.numel() * calib.element_size()) : "none"),
+          "quantization");
+    }
+    auto report = apply_plan(lm.model, plan, calib, where, true, shard);
+    if (sharded) {
+      gather_reports(*comm, report, kPipelineWaitSeconds);
+      report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      if (!root) {
+        std::fprintf(stderr, "rank %d: blocks %d..%d quantized and sent to rank 0\n", comm->rank(), shard.begin,
+                     shard.end - 1);
+        return;
+      }
+    }
     QuantizedCheckpointExtras extras;
     extras.base_model = {{"path", f->model},
+                         {"processes", f->dist.world_size},
                          {"calibration", plan.needs_calibration()
                                              ? nlohmann::json{{"data", f->calib_data}, {"windows", f->calib},
                                                               {"seqlen", calib_seqlen}, {"seed", f->seed}}

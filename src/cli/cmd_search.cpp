@@ -38,7 +38,6 @@ struct SearchFlags : QuantizeFlags {
   std::string checkpoint;
   bool resume = false;
   std::string select = "order";
-  DistributedOptions dist = DistributedOptions::from_environment();
 };
 
 int64_t channels_of(const std::vector<MaskGroup>& groups) {
@@ -134,11 +133,7 @@ void register_search(CLI::App& app) {
   cmd->add_option("--micro-batch", f->search.micro_batch,
                   "windows per forward on each process (default: its whole share of --batch); the same --batch over N "
                   "processes or with --micro-batch batch/N gives the same masks");
-  cmd->add_option("--world-size", f->dist.world_size, "processes sharing the search (env TOGA_WORLD_SIZE; `toga launch` sets it)");
-  cmd->add_option("--rank", f->dist.rank, "this process's rank, 0..world-size-1 (env TOGA_RANK); rank 0 writes the outputs");
-  cmd->add_option("--master", f->dist.master, "rank 0's ADDR:PORT, where the ranks meet (env TOGA_MASTER)")->capture_default_str();
-  cmd->add_option("--dist-timeout", f->dist.timeout_seconds, "seconds a process waits for a silent peer before failing")
-      ->capture_default_str();
+  add_distributed_options(cmd, f->dist, "search");
   cmd->add_option("--checkpoint", f->checkpoint, "search checkpoint file (default: OUTPUT.search.pt)");
   cmd->add_option("--checkpoint-every", f->search.checkpoint_every, "steps between checkpoints")->capture_default_str();
   cmd->add_flag("--resume", f->resume, "continue from the checkpoint (same options): the result is the uninterrupted run's");
@@ -180,6 +175,8 @@ void register_search(CLI::App& app) {
     if (root)
       check_output_paths(f->force, {f->output}, f->resume ? std::vector<std::string>{} : std::vector<std::string>{ckpt});
     // Join the other processes before the long work, so that one failing early stops them all.
+    f->dist.device = parse_device(f->common.device, f->dist.rank);
+    f->common.device = f->dist.device.str();  // the model loads where the rank communicates
     Collective comm(f->dist);
     f->search.checkpoint_path = ckpt;
     f->search.resume = f->resume;

@@ -21,6 +21,7 @@ namespace toga::cli {
 void add_common_options(CLI::App* cmd, CommonOptions& o) {
   cmd->add_option("--threads,-t", o.threads, "CPU threads (default: OMP_NUM_THREADS, else all available cores)");
   cmd->add_option("--dtype", o.dtype, "compute dtype: fp32 (default), bf16, fp16")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu, or cuda / cuda:N in a CUDA build (scripts/build_cuda.sh)")->capture_default_str();
   cmd->add_option("--tokenizer", o.tokenizer, "tokenizer file or directory (default: found beside the model)");
   cmd->add_option("--kv-bits", o.kv_bits,
                   "override KV-cache quantization: 16 = none, 2..8 = asymmetric per token and head (default: "
@@ -35,13 +36,20 @@ void add_common_options(CLI::App* cmd, CommonOptions& o) {
 
 void apply_common_options(const CommonOptions& o) { set_threads(o.threads); }
 
-LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOptions& o, bool need_tokenizer) {
+LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOptions& o, bool need_tokenizer,
+                                     std::pair<int, int> layers) {
   LoadedModel lm;
   lm.path = path;
   LoadOptions opts;
   opts.dtype = parse_dtype(o.dtype);
-  opts.packed_kernels = !o.fake_quant;
+  opts.device = parse_device(o.device, DistributedOptions::from_environment().rank);
+  opts.packed_kernels = !o.fake_quant && opts.device.is_cpu();  // the packed kernels are CPU code
+  opts.layer_begin = layers.first;
+  opts.layer_end = layers.second;
+  opts.embeddings = layers.first == 0;
   const Checkpoint ck = open_checkpoint(path);
+  if (layers != std::pair<int, int>{0, -1} && !ck.quantization_config.is_null())
+    fail_file(path, "a layer-sharded run reads unquantized checkpoints only");
   lm.model = load_any_model(ck, opts);
   if (o.lm_head == "int8") use_int8_lm_head(lm.model);
   if (o.kv_bits != 0) {
@@ -56,6 +64,32 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOption
                 lm.model.config.vocab_size);
   }
   return lm;
+}
+
+torch::Device parse_device(const std::string& name, int rank) {
+  if (name == "cpu") return torch::kCPU;
+  if (name != "cuda" && name.rfind("cuda:", 0) != 0) fail("unknown device '{}' (use cpu, cuda or cuda:N)", name);
+  if (!torch::cuda::is_available())
+    fail("--device {}: {}", name,
+         torch::hasCUDA() ? "no CUDA device is visible" : "this toga's libtorch has no CUDA (build it with scripts/build_cuda.sh)");
+  const int gpus = int(torch::cuda::device_count());
+  int index = 0;
+  if (name == "cuda") {
+    const char* local = std::getenv("LOCAL_RANK");
+    index = local ? std::atoi(local) % gpus : rank % gpus;
+  } else {
+    index = std::atoi(name.c_str() + 5);
+    if (index < 0 || index >= gpus) fail("--device {}: this machine has {} CUDA device(s)", name, gpus);
+  }
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+void add_distributed_options(CLI::App* cmd, DistributedOptions& d, const std::string& what) {
+  cmd->add_option("--world-size", d.world_size, "processes sharing the " + what + " (env TOGA_WORLD_SIZE; `toga launch` sets it)");
+  cmd->add_option("--rank", d.rank, "this process's rank, 0..world-size-1 (env TOGA_RANK); rank 0 writes the outputs");
+  cmd->add_option("--master", d.master, "rank 0's ADDR:PORT, where the ranks meet (env TOGA_MASTER)")->capture_default_str();
+  cmd->add_option("--dist-timeout", d.timeout_seconds, "seconds a process waits for a silent peer before failing")
+      ->capture_default_str();
 }
 
 std::string shared_data_path(const std::string& rel) {

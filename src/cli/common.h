@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "dist/collective.h"
+
 #include "model/model.h"
 #include "runtime/transformer.h"
 #include "tokenizer/tokenizer.h"
@@ -21,7 +23,12 @@ struct CommonOptions {
   int kv_bits = 0;        // 0: as the checkpoint says; 16: unquantized; 2..8: fake-quantize the KV cache
   bool fake_quant = false;  // quantized checkpoints on fake-quantized floats instead of the packed kernels
   std::string lm_head = "as-stored";  // or "int8": per-row RTN at load (model/runtime_export.h)
+  std::string device = "cpu";  // "cuda" / "cuda:N" in a CUDA build (scripts/build_cuda.sh)
 };
+
+// The torch device --device names; a bare "cuda" in a process of a distributed run is the GPU of
+// its local rank (LOCAL_RANK, else the rank modulo the GPUs), as torchrun assigns them.
+torch::Device parse_device(const std::string& name, int rank = 0);
 
 void add_common_options(CLI::App* cmd, CommonOptions& o);
 // Sets threads; call first in every verb.
@@ -34,7 +41,13 @@ struct LoadedModel {
 };
 
 // Any checkpoint toga reads: HF directory (plain or quantized), GGUF file, llama2.c .bin.
-LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOptions& o, bool need_tokenizer = true);
+// `layers`: a layer-sharded rank's blocks (LoadOptions::layer_begin/end; the embedding only with block
+// 0); the others' linears are placeholders.
+LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOptions& o, bool need_tokenizer = true,
+                                     std::pair<int, int> layers = {0, -1});
+
+// --world-size, --rank, --master, --dist-timeout (defaults from the environment: TOGA_* or torchrun's).
+void add_distributed_options(CLI::App* cmd, DistributedOptions& d, const std::string& what);
 
 // A path under the shipped data directory: $TOGA_DATA, else ../shared/data from the working
 // directory, else the one beside the source tree.

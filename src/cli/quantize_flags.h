@@ -14,6 +14,7 @@ namespace toga::cli {
 struct QuantizeFlags {
   CommonOptions common;
   std::string model, output;
+  DistributedOptions dist = DistributedOptions::from_environment();
   std::string method = "rtn";
   int wbits = 4, abits = 16, high_bits = 8;
   int group_size = 0, act_group_size = 0;

@@ -14,6 +14,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 namespace toga {
 
@@ -89,7 +92,25 @@ void DistributedOptions::validate() const {
 
 struct Collective::Impl {
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#ifdef USE_C10D_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;  // CUDA ranks: tensors stay on their GPU
+#endif
+  bool on_gpu() const {
+#ifdef USE_C10D_NCCL
+    return bool(nccl);
+#else
+    return false;
+#endif
+  }
+  // op(group) on the backend in use; both return the c10d Work to wait on.
+  template <typename Op>
+  auto run(Op op) {
+#ifdef USE_C10D_NCCL
+    if (nccl) return op(*nccl);
+#endif
+    return op(*gloo);
+  }
 };
 
 namespace {
@@ -117,6 +138,18 @@ Collective::Collective(const DistributedOptions& options) : options_(options) {
     so.waitWorkers = true;
     so.timeout = millis(options_.timeout_seconds);
     impl_->store = c10::make_intrusive<c10d::TCPStore>(host, so);
+    if (options_.device.is_cuda()) {
+#ifdef USE_C10D_NCCL
+      auto no = c10d::ProcessGroupNCCL::Options::create();
+      no->timeout = millis(options_.timeout_seconds);
+      impl_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, options_.rank, options_.world_size, no);
+      backend_ = "nccl";
+      return;
+#else
+      fail("rank {}: ranks on CUDA devices need NCCL, and this toga was built without it (scripts/build_cuda.sh)",
+           options_.rank);
+#endif
+    }
     auto go = c10d::ProcessGroupGloo::Options::create(millis(options_.timeout_seconds));
     const bool loopback = host == "localhost" || host.rfind("127.", 0) == 0;
     if (!options_.interface.empty())
@@ -126,7 +159,8 @@ Collective::Collective(const DistributedOptions& options) : options_(options) {
     else
       go->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     go->threads = 1;  // one collective at a time; the compute threads belong to the model
-    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, options_.rank, options_.world_size, go);
+    impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, options_.rank, options_.world_size, go);
+    backend_ = "gloo";
   } catch (const std::exception& e) {
     std::string msg = e.what();
     if (const auto* c = dynamic_cast<const c10::Error*>(&e)) msg = c->what_without_backtrace();
@@ -139,12 +173,19 @@ Collective::~Collective() = default;
 
 // Runs `op` on a contiguous CPU copy of t (Gloo's side), copies the result back, and accounts for it.
 template <typename Op>
-void Collective::on_host(torch::Tensor& t, const std::string& what, Op op) {
+void Collective::on_host(torch::Tensor& t, const std::string& what, Op op, double timeout_seconds) {
   const auto t0 = std::chrono::steady_clock::now();
-  torch::Tensor host = t.device().is_cpu() && t.is_contiguous() ? t : t.to(torch::kCPU).contiguous();
+  // Gloo works on host memory, NCCL on the rank's GPU.
+  const torch::Device where = impl_->on_gpu() ? options_.device : torch::Device(torch::kCPU);
+  torch::Tensor host = t.device() == where && t.is_contiguous() ? t : t.to(where).contiguous();
   std::vector<torch::Tensor> v{host};
   try {
-    op(v)->wait();
+    auto work = op(v);
+    // Point-to-point work takes its timeout at the wait; collectives carry theirs in their options.
+    if (timeout_seconds > 0)
+      work->wait(millis(timeout_seconds));
+    else
+      work->wait();
   } catch (const std::exception& e) {
     lost_contact(options_, what, e);
   }
@@ -155,7 +196,7 @@ void Collective::on_host(torch::Tensor& t, const std::string& what, Op op) {
 
 void Collective::allreduce_sum(torch::Tensor& t, const std::string& what) {
   if (!distributed()) return;
-  on_host(t, what, [&](std::vector<torch::Tensor>& v) { return impl_->group->allreduce(v); });
+  on_host(t, what, [&](auto& v) { return impl_->run([&](auto& g) { return g.allreduce(v); }); }, 0);
 }
 
 void Collective::broadcast(torch::Tensor& t, const std::string& what, int root, double timeout_seconds) {
@@ -163,7 +204,18 @@ void Collective::broadcast(torch::Tensor& t, const std::string& what, int root, 
   c10d::BroadcastOptions bo;
   bo.rootRank = root;
   if (timeout_seconds > 0) bo.timeout = millis(timeout_seconds);
-  on_host(t, what, [&](std::vector<torch::Tensor>& v) { return impl_->group->broadcast(v, bo); });
+  on_host(t, what, [&](auto& v) { return impl_->run([&](auto& g) { return g.broadcast(v, bo); }); }, 0);
+}
+
+void Collective::send(const torch::Tensor& t, int to, const std::string& what, double timeout_seconds) {
+  check_peer(to, what);
+  torch::Tensor copy = t;  // on_host may replace its argument by a host copy, never the caller's tensor
+  on_host(copy, what, [&](auto& v) { return impl_->run([&](auto& g) { return g.send(v, to, 0); }); }, timeout_seconds);
+}
+
+void Collective::recv(torch::Tensor& t, int from, const std::string& what, double timeout_seconds) {
+  check_peer(from, what);
+  on_host(t, what, [&](auto& v) { return impl_->run([&](auto& g) { return g.recv(v, from, 0); }); }, timeout_seconds);
 }
 
 void Collective::barrier(const std::string& what, double timeout_seconds) {
@@ -171,7 +223,7 @@ void Collective::barrier(const std::string& what, double timeout_seconds) {
   c10d::BarrierOptions bo;
   if (timeout_seconds > 0) bo.timeout = millis(timeout_seconds);
   try {
-    impl_->group->barrier(bo)->wait();
+    impl_->run([&](auto& g) { return g.barrier(bo); })->wait();
   } catch (const std::exception& e) {
     lost_contact(options_, what, e);
   }
@@ -191,8 +243,51 @@ Collective::~Collective() = default;
 void Collective::allreduce_sum(torch::Tensor&, const std::string&) {}
 void Collective::broadcast(torch::Tensor&, const std::string&, int, double) {}
 void Collective::barrier(const std::string&, double) {}
+void Collective::send(const torch::Tensor&, int to, const std::string& what, double) { check_peer(to, what); }
+void Collective::recv(torch::Tensor&, int from, const std::string& what, double) { check_peer(from, what); }
 
 #endif
+
+std::string fingerprint(const void* data, size_t bytes) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return fmt::format("{:016x}", h);
+}
+
+void Collective::require_same_as_root(const std::string& mine, const std::string& job) {
+  if (!distributed()) return;
+  const std::string what = "the ranks' check of the " + job + " options";
+  const std::string root = broadcast_bytes(mine, what);
+  torch::Tensor differ = torch::tensor({mine == root ? 0.0 : 1.0}, torch::kFloat64);
+  allreduce_sum(differ, what);
+  if (mine != root)
+    fail("rank {}'s {} differs from rank 0's (options, model or data): every rank must be started with the same options "
+         "and files. Rank 0: {}; rank {}: {}", rank(), job, root, rank(), mine);
+  if (differ.item<double>() > 0)
+    fail("{} rank(s) were started with other {} options, model or data than rank 0 (their errors say which)",
+         int(differ.item<double>()), job);
+}
+
+void Collective::check_peer(int peer, const std::string& what) const {
+  if (peer < 0 || peer >= world_size() || peer == rank())
+    fail("rank {} of {}: {} names rank {}, which is not another process of the run", rank(), world_size(), what, peer);
+}
+
+void Collective::send_bytes(const std::string& bytes, int to, const std::string& what, double timeout_seconds) {
+  send(torch::tensor({int64_t(bytes.size())}, torch::kInt64), to, what, timeout_seconds);
+  auto data = torch::empty({int64_t(bytes.size())}, torch::kUInt8);
+  if (!bytes.empty()) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
+  send(data, to, what, timeout_seconds);
+}
+
+std::string Collective::recv_bytes(int from, const std::string& what, double timeout_seconds) {
+  torch::Tensor size = torch::empty({1}, torch::kInt64);
+  recv(size, from, what, timeout_seconds);
+  torch::Tensor data = torch::empty({size.item<int64_t>()}, torch::kUInt8);
+  recv(data, from, what, timeout_seconds);
+  return std::string(static_cast<const char*>(data.data_ptr()), size_t(data.numel()));
+}
 
 std::string Collective::broadcast_bytes(const std::string& bytes, const std::string& what, double timeout_seconds) {
   if (!distributed()) return bytes;

@@ -97,16 +97,22 @@ class TensorReader {
     return opts_.device.is_cpu() ? out : out.to(opts_.device);
   }
 
+  // The tensor, or only its shape when another process of a layer-sharded run holds it.
+  torch::Tensor read_if(bool held, const std::string& name) {
+    return held ? read(name) : placeholder_tensor(src_.info(name).shape, opts_.dtype, opts_.device);
+  }
+
  private:
   const TensorSource& src_;
   const LoadOptions& opts_;
   torch::Tensor chunk_;  // reused by every chunked tensor of a non-fp32 load
 };
 
-LinearSite make_site(TensorReader& reader, const std::string& site_name, const std::string& hf_prefix, bool has_bias) {
+LinearSite make_site(TensorReader& reader, const std::string& site_name, const std::string& hf_prefix, bool has_bias,
+                     bool held) {
   LinearSite s;
   s.name = site_name;
-  s.weight = reader.read(hf_prefix + ".weight");
+  s.weight = reader.read_if(held, hf_prefix + ".weight");
   if (has_bias) s.bias = reader.read(hf_prefix + ".bias");
   return s;
 }
@@ -121,25 +127,29 @@ Model load_model(const Checkpoint& ckpt, const LoadOptions& opts) {
   m.config = c;
   torch::NoGradGuard no_grad;
   TensorReader reader(src, opts);
-  m.embed = reader.read(names::embed());
+  const int layer_end = opts.layer_end < 0 ? c.num_hidden_layers : opts.layer_end;
+  if (opts.layer_begin < 0 || opts.layer_begin > layer_end || layer_end > c.num_hidden_layers)
+    fail("layers [{}, {}) are not a range of the model's {} layers", opts.layer_begin, layer_end, c.num_hidden_layers);
+  m.embed = reader.read_if(opts.embeddings, names::embed());
   m.blocks.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     Block& b = m.blocks[i];
+    const bool held = i >= opts.layer_begin && i < layer_end;
     auto hf = [&](const char* s) { return names::layer(i, s); };
     auto site = [&](const char* s) { return fmt::format("layers.{}.{}", i, s); };
     b.attn_norm = reader.read(hf("input_layernorm.weight"));
-    b.q = make_site(reader, site("self_attn.q_proj"), hf("self_attn.q_proj"), c.attention_bias);
-    b.k = make_site(reader, site("self_attn.k_proj"), hf("self_attn.k_proj"), c.attention_bias);
-    b.v = make_site(reader, site("self_attn.v_proj"), hf("self_attn.v_proj"), c.attention_bias);
-    b.o = make_site(reader, site("self_attn.o_proj"), hf("self_attn.o_proj"), c.o_proj_bias);
+    b.q = make_site(reader, site("self_attn.q_proj"), hf("self_attn.q_proj"), c.attention_bias, held);
+    b.k = make_site(reader, site("self_attn.k_proj"), hf("self_attn.k_proj"), c.attention_bias, held);
+    b.v = make_site(reader, site("self_attn.v_proj"), hf("self_attn.v_proj"), c.attention_bias, held);
+    b.o = make_site(reader, site("self_attn.o_proj"), hf("self_attn.o_proj"), c.o_proj_bias, held);
     if (c.qk_norm) {
       b.q_norm = reader.read(hf("self_attn.q_norm.weight"));
       b.k_norm = reader.read(hf("self_attn.k_norm.weight"));
     }
     b.mlp_norm = reader.read(hf("post_attention_layernorm.weight"));
-    b.gate = make_site(reader, site("mlp.gate_proj"), hf("mlp.gate_proj"), c.mlp_bias);
-    b.up = make_site(reader, site("mlp.up_proj"), hf("mlp.up_proj"), c.mlp_bias);
-    b.down = make_site(reader, site("mlp.down_proj"), hf("mlp.down_proj"), c.mlp_bias);
+    b.gate = make_site(reader, site("mlp.gate_proj"), hf("mlp.gate_proj"), c.mlp_bias, held);
+    b.up = make_site(reader, site("mlp.up_proj"), hf("mlp.up_proj"), c.mlp_bias, held);
+    b.down = make_site(reader, site("mlp.down_proj"), hf("mlp.down_proj"), c.mlp_bias, held);
     // Pruned blocks read and write subsets of the residual stream.
     const LayerShape shape = c.layer(i);
     const int64_t hidden = c.hidden_size;
@@ -151,7 +161,7 @@ Model load_model(const Checkpoint& ckpt, const LoadOptions& opts) {
   }
   m.final_norm = reader.read(names::final_norm());
   m.lm_head.name = "lm_head";
-  m.lm_head.weight = c.tie_word_embeddings ? m.embed : reader.read(names::lm_head());
+  m.lm_head.weight = c.tie_word_embeddings ? m.embed : reader.read_if(opts.embeddings, names::lm_head());
   m.rope_inv_freq = rope_inverse_frequencies(c).to(opts.device);
   return m;
 }

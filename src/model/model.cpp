@@ -115,7 +115,19 @@ static torch::Tensor rotate_half(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
+torch::Tensor placeholder_tensor(at::IntArrayRef shape, torch::Dtype dtype, torch::Device device) {
+  return torch::zeros({}, torch::TensorOptions().dtype(dtype).device(device)).expand(shape);
+}
+
+bool is_placeholder(const torch::Tensor& t) {
+  if (!t.defined() || t.numel() <= 1) return false;
+  for (const auto s : t.strides())
+    if (s != 0) return false;
+  return true;
+}
+
 torch::Tensor Model::embed_tokens(const torch::Tensor& ids) const {
+  if (is_placeholder(embed)) fail("the embedding is held by another process of this layer-sharded run");
   return torch::embedding(embed, ids.to(embed.device()));
 }
 
@@ -125,6 +137,7 @@ torch::Tensor Model::norm_final(const torch::Tensor& h) const {
 
 torch::Tensor Model::block_forward(int layer, const torch::Tensor& h, int64_t start_pos, KVCache* cache) const {
   const Block& b = blocks.at(layer);
+  if (is_placeholder(b.q.weight)) fail("layer {} is held by another process of this layer-sharded run", layer);
   const auto& c = config;
   // Heads from the weights: pruned blocks keep fewer (whole KV groups), unpruned ones the config's.
   const int64_t B = h.size(0), T = h.size(1), d = c.head_dim, nh = b.q.out_features() / d,

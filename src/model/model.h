@@ -192,7 +192,18 @@ struct LoadOptions {
   // Quantized checkpoints: run the linears that can on the packed integer kernels
   // (quant/packed_kernel.h) instead of fake-quantized floats.
   bool packed_kernels = false;
+  // Layer-sharded work (dist/layer_shards.h): only the block linears of layers [layer_begin,
+  // layer_end) are read (layer_end < 0: to the last), and the embedding and lm_head only with
+  // `embeddings`; the others become placeholders. Norms, biases and index lists are always read.
+  int layer_begin = 0, layer_end = -1;
+  bool embeddings = true;
 };
+
+// A tensor with a shape and no storage (a zero-stride view of one element): what a process holds
+// for weights another process of a layer-sharded run has. Nothing may compute with it;
+// Model::block_forward refuses blocks whose weights are placeholders.
+torch::Tensor placeholder_tensor(at::IntArrayRef shape, torch::Dtype dtype, torch::Device device = torch::kCPU);
+bool is_placeholder(const torch::Tensor& t);
 
 // Builds a model from any checkpoint: each tensor is decoded in row chunks straight into the
 // requested dtype and device, checked finite (an error names the tensor and file otherwise), and its

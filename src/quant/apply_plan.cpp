@@ -169,10 +169,12 @@ void attach_kv_quantizer(Model& model, const QuantSpec& kv) {
 }
 
 QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor& calibration, const std::string& where,
-                              bool show_progress) {
+                              bool show_progress, const LayerShard& shard) {
   torch::NoGradGuard no_grad;
   const Plan plan = plan_in.expanded(m);
   validate_plan(plan, m, where);
+  if (!shard.whole(m) && !plan.blocks.empty())
+    fail_file(where, "a layer-sharded run cannot apply a Plan that prunes: write the pruned model first");
   QuantizationReport report;
   report.plan = plan;
   report.plan.sites.clear();
@@ -187,12 +189,12 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
     attach_quantized_linear(m, report.linears.back());
     return report.linears.back().gptq_loss;
   };
-  Progress progress(plan.recipe, m.config.num_hidden_layers, show_progress);
+  Progress progress(plan.recipe, shard.end_of(m) - shard.begin, show_progress);
   if (!plan.needs_calibration()) {
-    for (int l = 0; l < int(m.blocks.size()); ++l) {
+    for (int l = shard.begin; l < shard.end_of(m); ++l) {
       for (auto* s : m.blocks[l].sites())
         if (plan.sites.count(s->name)) finish_site(*s, nullptr);
-      progress.update(l + 1, fmt::format("layer {}", l));
+      progress.update(l + 1 - shard.begin, fmt::format("layer {}", l));
     }
   } else {
     if (!calibration.defined() || calibration.dim() != 2)
@@ -227,9 +229,9 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
         for (const auto& g : pass)
           for (auto* s : g) loss += finish_site(*s, stats ? &stats->at(s->name) : nullptr);
       }
-      progress.update(calib.layer() + 1, hessian ? fmt::format("layer {} GPTQ loss {:.4g}", calib.layer(), loss)
+      progress.update(calib.layer() + 1 - shard.begin, hessian ? fmt::format("layer {} GPTQ loss {:.4g}", calib.layer(), loss)
                                                  : fmt::format("layer {}", calib.layer()));
-    });
+    }, shard);
   }
   compute_bit_statistics(report);
   report.seconds = progress.elapsed_seconds();

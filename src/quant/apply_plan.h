@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "quant/calibration.h"
 #include "quant/plan.h"
 #include "quant/quantizer.h"
 
@@ -36,8 +37,10 @@ struct QuantizationReport {
 
 // calibration: [n, seqlen] token windows (may be undefined when !plan.needs_calibration()).
 // `where` names the Plan's origin in errors.
+// With a partial `shard` (layer-sharded run), only the shard's blocks are quantized and reported
+// (dist/layer_shards.h gathers the reports); Plans that prune are refused there.
 QuantizationReport apply_plan(Model& model, const Plan& plan, const torch::Tensor& calibration,
-                              const std::string& where = "plan", bool progress = true);
+                              const std::string& where = "plan", bool progress = true, const LayerShard& shard = {});
 
 // Puts a quantized linear into the model: dequantized weight in stored order, the input index
 // (composed with the block's pruning list), the activation quantizer, the dense kernel. The loader

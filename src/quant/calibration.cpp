@@ -104,18 +104,29 @@ std::unique_ptr<StatisticsCollector> BlockCalibration::observe(const std::vector
 }
 
 void for_each_block_calibrated(Model& model, const torch::Tensor& windows,
-                               const std::function<void(BlockCalibration&)>& visit) {
+                               const std::function<void(BlockCalibration&)>& visit, const LayerShard& shard) {
   if (!windows.defined() || windows.dim() != 2) fail("calibration needs [n, seqlen] token windows");
+  const int end = shard.end_of(model);
+  if (shard.begin < 0 || shard.begin > end || end > int(model.blocks.size()))
+    fail("layer shard [{}, {}) is not a range of the model's {} blocks", shard.begin, end, model.blocks.size());
+  if ((shard.begin > 0 && !shard.receive) || (end < int(model.blocks.size()) && !shard.send))
+    fail("layer shard [{}, {}) of {} blocks needs its neighbours' hidden states", shard.begin, end, model.blocks.size());
   torch::NoGradGuard no_grad;
   const int64_t per_batch = std::max<int64_t>(1, 8192 / windows.size(1));
   std::vector<torch::Tensor> hidden;
-  for (int64_t i = 0; i < windows.size(0); i += per_batch)
-    hidden.push_back(model.embed_tokens(windows.narrow(0, i, std::min(per_batch, windows.size(0) - i))));
-  for (int l = 0; l < int(model.blocks.size()); ++l) {
+  for (int64_t i = 0; i < windows.size(0); i += per_batch) {
+    const auto ids = windows.narrow(0, i, std::min(per_batch, windows.size(0) - i));
+    hidden.push_back(shard.begin == 0 ? model.embed_tokens(ids)
+                                      : torch::empty({ids.size(0), ids.size(1), model.config.hidden_size},
+                                                     torch::TensorOptions().dtype(model.dtype()).device(model.device())));
+  }
+  if (shard.begin > 0) shard.receive(hidden);
+  for (int l = shard.begin; l < end; ++l) {
     BlockCalibration calib(model, l, hidden);
     visit(calib);
     for (auto& h : hidden) h = model.block_forward(l, h, 0);
   }
+  if (end < int(model.blocks.size())) shard.send(hidden);
 }
 
 }  // namespace toga

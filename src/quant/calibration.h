@@ -69,8 +69,21 @@ class BlockCalibration {
   std::vector<torch::Tensor>& hidden_;
 };
 
+// Layer-sharded calibration (dist/layer_shards.h): this process holds blocks [begin, end) and
+// visits only those; unless it starts at block 0, the windows' hidden states arrive from the
+// previous process (`receive` fills tensors of the right shapes), and unless it ends at the last
+// block, they leave for the next one (`send`) once its blocks are done. The default is every block.
+struct LayerShard {
+  int begin = 0, end = -1;  // end < 0: to the last block
+  std::function<void(std::vector<torch::Tensor>&)> receive;
+  std::function<void(const std::vector<torch::Tensor>&)> send;
+
+  int end_of(const Model& m) const { return end < 0 ? int(m.blocks.size()) : end; }
+  bool whole(const Model& m) const { return begin == 0 && end_of(m) == int(m.blocks.size()); }
+};
+
 // windows: [n, seqlen] token ids. Batches of whole windows (~8k tokens each) bound the memory.
 void for_each_block_calibrated(Model& model, const torch::Tensor& windows,
-                               const std::function<void(BlockCalibration&)>& visit);
+                               const std::function<void(BlockCalibration&)>& visit, const LayerShard& shard = {});
 
 }  // namespace toga

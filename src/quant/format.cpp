@@ -166,6 +166,9 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
   for (const auto& [name, t] : model.named_tensors()) {
     auto it = by_weight.find(name);
     if (it == by_weight.end()) {
+      if (is_placeholder(t))
+        fail("'{}' is held by another process of this layer-sharded run and was not quantized: a layer-sharded "
+             "quantization must quantize every block linear", name);
       const bool index = is_index_tensor(name);
       add(name, index ? t.to(torch::kInt32) : t.to(tdt), index ? &linear_bytes.indices : nullptr);
       continue;

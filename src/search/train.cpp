@@ -194,20 +194,8 @@ void synchronize_ranks(Collective& comm, Hypernet& net, torch::optim::AdamW& opt
 
 // Every rank must run the same search on the same data: rank 0's options, model and tokens are
 // compared with each rank's, and all ranks stop if one differs.
-void check_ranks_agree(Collective& comm, const std::string& identity, const std::vector<int>& tokens) {
-  if (!comm.distributed()) return;
-  uint64_t h = 1469598103934665603ull;
-  for (int t : tokens) h = (h ^ uint64_t(uint32_t(t))) * 1099511628211ull;
-  const std::string mine = identity + fmt::format(" tokens={}:{:x}", tokens.size(), h);
-  const std::string root = comm.broadcast_bytes(mine, "the ranks' check of the search options");
-  Tensor differ = torch::tensor({mine == root ? 0.0 : 1.0}, torch::kFloat64);
-  comm.allreduce_sum(differ, "the ranks' check of the search options");
-  if (mine != root)
-    fail("rank {}'s search differs from rank 0's (options, model or training text): every rank must be started with "
-         "the same options and files. Rank 0: {}; rank {}: {}", comm.rank(), root, comm.rank(), mine);
-  if (differ.item<double>() > 0)
-    fail("{} rank(s) were started with other search options, model or training text than rank 0 (their errors say which)",
-         int(differ.item<double>()));
+std::string ranks_identity(const std::string& identity, const std::vector<int>& tokens) {
+  return identity + fmt::format(" tokens={}:{}", tokens.size(), fingerprint(tokens.data(), tokens.size() * sizeof(int)));
 }
 
 }  // namespace
@@ -247,7 +235,7 @@ SearchResult train_search(const Model& model, Supernet& net, const std::vector<i
                  128, o.seed);
   torch::optim::AdamW opt(hyper->parameters(), torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
   const std::string identity = run_identity(o, groups);
-  check_ranks_agree(comm, identity, tokens);
+  comm.require_same_as_root(ranks_identity(identity, tokens), "search");
   int start = 0;
   if (o.resume && !o.checkpoint_path.empty()) {
     // Rank 0 reads the checkpoint and hands it to every rank: only its machine needs the file.

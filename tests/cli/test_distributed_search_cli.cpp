@@ -47,31 +47,6 @@ void expect_same_search(const nlohmann::json& a, const nlohmann::json& b) {
   }
 }
 
-// Starts the toga binary with `args`, extra environment and output into `log`.
-pid_t spawn_toga(const std::string& args, const std::vector<std::string>& env, const std::string& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    for (const auto& e : env) putenv(strdup(e.c_str()));
-    const std::string cmd = "exec " + std::string(TOGA_CLI) + " " + args + " >" + log + " 2>&1";
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
-    _exit(127);
-  }
-  return pid;
-}
-
-// The exit code (128 + signal when killed), or -1 if still running after `seconds` (then killed).
-int wait_for(pid_t pid, double seconds) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < until) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
-
 // The child of `parent` whose environment says TOGA_RANK=rank (a rank `toga launch` started).
 pid_t launched_rank(pid_t parent, int rank) {
   std::ifstream children("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children");

@@ -1,0 +1,108 @@
+#include "dist/layer_shards.h"
+
+#include <algorithm>
+
+#include <torch/serialize.h>
+
+#include "quant/plan.h"
+#include "util/error.h"
+
+namespace toga {
+
+std::pair<int, int> layer_range(int layers, int world_size, int rank) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) fail("rank {} is not one of {} processes", rank, world_size);
+  if (layers < world_size)
+    fail("a layer-sharded run needs a block per process: {} processes for {} blocks", world_size, layers);
+  const int base = layers / world_size, extra = layers % world_size;
+  // The last `extra` ranks take one block more.
+  auto begin_of = [&](int r) { return r * base + std::max(0, r - (world_size - extra)); };
+  return {begin_of(rank), begin_of(rank + 1)};
+}
+
+LayerShard pipeline_shard(Collective& comm, int layers, double timeout_seconds) {
+  const auto [begin, end] = layer_range(layers, comm.world_size(), comm.rank());
+  LayerShard shard;
+  shard.begin = begin;
+  shard.end = end;
+  Collective* c = &comm;
+  if (begin > 0)
+    shard.receive = [c, begin = begin, timeout_seconds](std::vector<torch::Tensor>& hidden) {
+      for (size_t i = 0; i < hidden.size(); ++i)
+        c->recv(hidden[i], c->rank() - 1, fmt::format("receiving batch {} of block {}'s input", i, begin),
+                timeout_seconds);
+    };
+  if (end < layers)
+    shard.send = [c, end = end, timeout_seconds](const std::vector<torch::Tensor>& hidden) {
+      for (size_t i = 0; i < hidden.size(); ++i)
+        c->send(hidden[i].contiguous(), c->rank() + 1, fmt::format("sending batch {} of block {}'s input", i, end),
+                timeout_seconds);
+    };
+  return shard;
+}
+
+std::string serialize_report(const QuantizationReport& report) {
+  nlohmann::json linears = nlohmann::json::array();
+  c10::List<torch::Tensor> tensors;
+  for (const auto& q : report.linears) {
+    nlohmann::json groups = nlohmann::json::array();
+    for (const auto& g : q.weight.groups) groups.push_back({g.col_begin, g.col_end, g.bits, g.symmetric});
+    linears.push_back({{"site", q.site}, {"salient", q.salient}, {"gptq_loss", q.gptq_loss}, {"groups", groups}});
+    for (const auto& t : {q.weight.codes, q.weight.scales, q.weight.zeros, q.perm}) tensors.push_back(t.to(torch::kCPU));
+  }
+  const nlohmann::json meta = {{"plan", plan_to_json(report.plan)}, {"linears", linears}};
+  const auto bytes = torch::pickle_save(c10::ivalue::Tuple::create({meta.dump(), tensors}));
+  return std::string(bytes.begin(), bytes.end());
+}
+
+QuantizationReport deserialize_report(const std::string& bytes, const std::string& where) {
+  QuantizationReport r;
+  try {
+    const auto tuple = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end())).toTuple();
+    const auto meta = nlohmann::json::parse(tuple->elements().at(0).toStringRef());
+    const auto tensors = tuple->elements().at(1).toTensorList();
+    r.plan = plan_from_json(meta.at("plan"), where);
+    size_t t = 0;
+    for (const auto& j : meta.at("linears")) {
+      QuantizedLinear q;
+      q.site = j.at("site").get<std::string>();
+      static_cast<SiteScheme&>(q) = r.plan.sites.at(q.site);
+      q.salient = j.at("salient").get<int64_t>();
+      q.gptq_loss = j.at("gptq_loss").get<double>();
+      for (const auto& g : j.at("groups"))
+        q.weight.groups.push_back({g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int>(), g.at(3).get<bool>()});
+      q.weight.codes = tensors.get(t++);
+      q.weight.scales = tensors.get(t++);
+      q.weight.zeros = tensors.get(t++);
+      q.perm = tensors.get(t++);
+      r.linears.push_back(std::move(q));
+    }
+    if (t != tensors.size()) fail("{} tensors for {} linears", tensors.size(), r.linears.size());
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("{}: the quantization report is corrupt: {}", where, e.what());
+  }
+  return r;
+}
+
+void gather_reports(Collective& comm, QuantizationReport& report, double timeout_seconds) {
+  if (!comm.distributed()) return;
+  if (!comm.is_root()) {
+    comm.send_bytes(serialize_report(report), 0, "sending the quantized blocks to rank 0", timeout_seconds);
+    return;
+  }
+  for (int r = 1; r < comm.world_size(); ++r) {
+    const std::string where = fmt::format("rank {}", r);
+    auto part = deserialize_report(comm.recv_bytes(r, fmt::format("receiving rank {}'s quantized blocks", r), timeout_seconds),
+                                   where);
+    for (auto& q : part.linears) {
+      if (!part.plan.sites.count(q.site)) fail("{} sent site '{}' without its plan", where, q.site);
+      report.plan.sites[q.site] = part.plan.sites.at(q.site);
+      report.linears.push_back(std::move(q));
+    }
+    report.seconds = std::max(report.seconds, part.seconds);
+  }
+  compute_bit_statistics(report);
+}
+
+}  // namespace toga
