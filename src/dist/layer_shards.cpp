@@ -4,6 +4,7 @@
 
 #include <torch/serialize.h>
 
+#include "quant/format.h"
 #include "quant/plan.h"
 #include "util/error.h"
 
@@ -47,7 +48,9 @@ std::string serialize_report(const QuantizationReport& report) {
     nlohmann::json groups = nlohmann::json::array();
     for (const auto& g : q.weight.groups) groups.push_back({g.col_begin, g.col_end, g.bits, g.symmetric});
     linears.push_back({{"site", q.site}, {"salient", q.salient}, {"gptq_loss", q.gptq_loss}, {"groups", groups}});
-    for (const auto& t : {q.weight.codes, q.weight.scales, q.weight.zeros, q.perm}) tensors.push_back(t.to(torch::kCPU));
+    // Packed codes: what rank 0 keeps until it writes (bits/8 bytes per weight, not 1).
+    for (const auto& t : {q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), q.weight.scales, q.weight.zeros, q.perm})
+      tensors.push_back(t.to(torch::kCPU));
   }
   const nlohmann::json meta = {{"plan", plan_to_json(report.plan)}, {"linears", linears}};
   const auto bytes = torch::pickle_save(c10::ivalue::Tuple::create({meta.dump(), tensors}));
@@ -70,13 +73,18 @@ QuantizationReport deserialize_report(const std::string& bytes, const std::strin
       q.gptq_loss = j.at("gptq_loss").get<double>();
       for (const auto& g : j.at("groups"))
         q.weight.groups.push_back({g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int>(), g.at(3).get<bool>()});
-      q.weight.codes = tensors.get(t++);
+      q.packed_codes = tensors.get(t++);
       q.weight.scales = tensors.get(t++);
       q.weight.zeros = tensors.get(t++);
       q.perm = tensors.get(t++);
       r.linears.push_back(std::move(q));
     }
     if (t != tensors.size()) fail("{} tensors for {} linears", tensors.size(), r.linears.size());
+    for (const auto& q : r.linears)
+      if (q.packed_codes.dim() != 2 || q.packed_codes.size(0) != q.rows() ||
+          q.packed_codes.size(1) != packed_row_bytes(q.weight.groups) || q.weight.groups.empty() ||
+          q.weight.groups.back().col_end != q.in_features())
+        fail("site '{}': packed codes, scales and permutation disagree", q.site);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -91,6 +99,11 @@ void gather_reports(Collective& comm, QuantizationReport& report, double timeout
     comm.send_bytes(serialize_report(report), 0, "sending the quantized blocks to rank 0", timeout_seconds);
     return;
   }
+  // Rank 0's own codes packed as well: until the checkpoint is written only the packed form is needed.
+  for (auto& q : report.linears) {
+    q.packed_codes = pack_codes(q.weight);
+    q.weight.codes = torch::Tensor();
+  }
   for (int r = 1; r < comm.world_size(); ++r) {
     const std::string where = fmt::format("rank {}", r);
     auto part = deserialize_report(comm.recv_bytes(r, fmt::format("receiving rank {}'s quantized blocks", r), timeout_seconds),
@@ -100,7 +113,6 @@ void gather_reports(Collective& comm, QuantizationReport& report, double timeout
       report.plan.sites[q.site] = part.plan.sites.at(q.site);
       report.linears.push_back(std::move(q));
     }
-    report.seconds = std::max(report.seconds, part.seconds);
   }
   compute_bit_statistics(report);
 }

@@ -242,7 +242,7 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
 void compute_bit_statistics(QuantizationReport& r) {
   double weights = 0, code_bits = 0, param_bits = 0, act_in = 0, act_bits = 0;
   for (const auto& q : r.linears) {
-    const int64_t rows = q.weight.codes.size(0), in = q.weight.codes.size(1);
+    const int64_t rows = q.rows(), in = q.in_features();
     weights += double(rows * in);
     for (const auto& g : q.weight.groups) {
       code_bits += double(rows) * double(g.col_end - g.col_begin) * g.bits;

@@ -24,6 +24,13 @@ struct QuantizedLinear : SiteScheme {
   torch::Tensor perm;
   int64_t salient = 0;     // the last `salient` stored columns use the high partition
   double gptq_loss = 0;    // 0 for RTN
+  // The codes bit-packed as the checkpoint stores them (quant/format.h pack_codes), held instead of
+  // weight.codes where only writing remains (a layer-sharded run's rank 0 holds every block's codes
+  // so: bits/8 bytes per weight instead of 1). Undefined otherwise.
+  torch::Tensor packed_codes;
+
+  int64_t rows() const { return weight.scales.size(0); }
+  int64_t in_features() const { return perm.numel(); }
 };
 
 struct QuantizationReport {

@@ -175,7 +175,7 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
     }
     const QuantizedLinear& q = *it->second;
     const std::string stem = name.substr(0, name.size() - std::strlen(".weight"));
-    add(stem + ".weight_packed", pack_codes(q.weight), &linear_bytes.codes);
+    add(stem + ".weight_packed", q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), &linear_bytes.codes);
     add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16), &linear_bytes.params);
     add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16), &linear_bytes.params);
     add(stem + ".input_perm", q.perm.to(torch::kInt32), &linear_bytes.indices);
