@@ -69,9 +69,11 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const CommonOption
 torch::Device parse_device(const std::string& name, int rank) {
   if (name == "cpu") return torch::kCPU;
   if (name != "cuda" && name.rfind("cuda:", 0) != 0) fail("unknown device '{}' (use cpu, cuda or cuda:N)", name);
-  if (!torch::cuda::is_available())
-    fail("--device {}: {}", name,
-         torch::hasCUDA() ? "no CUDA device is visible" : "this toga's libtorch has no CUDA (build it with scripts/build_cuda.sh)");
+#ifdef TOGA_CUDA
+  if (!torch::cuda::is_available()) fail("--device {}: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES)", name);
+#else
+  fail("--device {}: this toga was built against a CPU libtorch (build the CUDA one with scripts/build_cuda.sh)", name);
+#endif
   const int gpus = int(torch::cuda::device_count());
   int index = 0;
   if (name == "cuda") {

@@ -200,6 +200,9 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
     if (!calibration.defined() || calibration.dim() != 2)
       fail_file(where, "the Plan orders channels by activations or uses GPTQ: it needs calibration windows");
     for_each_block_calibrated(m, calibration, [&](BlockCalibration& calib) {
+      // A layer-sharded rank's clock starts when its input arrives, not while it waits for it.
+      if (calib.layer() == shard.begin && shard.begin > 0)
+        progress = Progress(plan.recipe, shard.end_of(m) - shard.begin, show_progress);
       Block& b = m.blocks[calib.layer()];
       // Input groups with a planned site; true sequential GPTQ observes one input at a time, after
       // the sites before it are quantized.

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <torch/version.h>
+
 #include "io/safetensors.h"
 #include "test_util.h"
 #include "util/atomic_file.h"
@@ -43,6 +45,11 @@ std::string code_fingerprint(const std::string& safetensors) {
   return buf;
 }
 
+// The golden fingerprints are the bytes Debian's libtorch 1.13 (with OpenBLAS) rounds to. Another
+// libtorch (the CUDA build's, scripts/build_cuda.sh) sums the statistics and GPTQ's products in
+// another order, so there only the flags and the Plan must agree with each other.
+constexpr bool kGoldenLibtorch = TORCH_VERSION_MAJOR == 1 && TORCH_VERSION_MINOR == 13;
+
 int run(const std::string& args) {
   return std::system((std::string(TOGA_CLI) + " " + args + " >/dev/null 2>&1").c_str());
 }
@@ -65,9 +72,10 @@ TEST(Stage1Regression, EveryResultsRowReproducesFromFlagsAndFromItsPlan) {
     const std::string a = dir / (name + ".flags"), b = dir / (name + ".plan"), plan = dir / (name + ".json");
     ASSERT_EQ(run("quantize " + stories260k_path() + " " + a + flags + calib + threads + " --emit-plan " + plan), 0)
         << name;
-    EXPECT_EQ(code_fingerprint(a + "/model.safetensors"), want) << name << " from flags";
+    const std::string from_flags = code_fingerprint(a + "/model.safetensors");
+    if (kGoldenLibtorch) EXPECT_EQ(from_flags, want) << name << " from flags";
     ASSERT_EQ(run("quantize " + stories260k_path() + " " + b + " --plan " + plan + calib + threads), 0) << name;
-    EXPECT_EQ(code_fingerprint(b + "/model.safetensors"), want) << name << " from its Plan";
+    EXPECT_EQ(code_fingerprint(b + "/model.safetensors"), from_flags) << name << " from its Plan";
     ++checked;
   }
   EXPECT_EQ(checked, 15);
