@@ -6,7 +6,7 @@
 namespace toga::cli {
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
-  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ)")->capture_default_str();
+  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ) | billm (1-bit) | resq | spinquant")->capture_default_str();
   cmd->add_option("--wbits,--low-bits", f.wbits, "weight bits of the low-precision part (1 = binarization)")->capture_default_str();
   cmd->add_option("--abits", f.abits, "activation bits (16 = weight-only)")->capture_default_str();
   cmd->add_option("--high-bits", f.high_bits, "bits of the salient channels (weights and activations)")->capture_default_str();

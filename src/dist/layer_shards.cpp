@@ -46,10 +46,12 @@ std::string serialize_report(const QuantizationReport& report) {
   c10::List<torch::Tensor> tensors;
   for (const auto& q : report.linears) {
     nlohmann::json groups = nlohmann::json::array();
-    for (const auto& g : q.weight.groups) groups.push_back({g.col_begin, g.col_end, g.bits, g.symmetric});
+    for (const auto& g : q.weight.groups) groups.push_back({g.col_begin, g.col_end, g.bits, g.symmetric, g.codebook});
     linears.push_back({{"site", q.site}, {"salient", q.salient}, {"gptq_loss", q.gptq_loss}, {"groups", groups}});
     // Packed codes: what rank 0 keeps until it writes (bits/8 bytes per weight, not 1).
-    for (const auto& t : {q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), q.weight.scales, q.weight.zeros, q.perm})
+    const auto levels = q.weight.levels.defined() ? q.weight.levels : torch::empty({0});
+    for (const auto& t : {q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), q.weight.scales, q.weight.zeros,
+                          q.perm, levels})
       tensors.push_back(t.to(torch::kCPU));
   }
   const nlohmann::json meta = {{"plan", plan_to_json(report.plan)}, {"linears", linears}};
@@ -72,11 +74,13 @@ QuantizationReport deserialize_report(const std::string& bytes, const std::strin
       q.salient = j.at("salient").get<int64_t>();
       q.gptq_loss = j.at("gptq_loss").get<double>();
       for (const auto& g : j.at("groups"))
-        q.weight.groups.push_back({g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int>(), g.at(3).get<bool>()});
+        q.weight.groups.push_back(
+            {g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int>(), g.at(3).get<bool>(), g.at(4).get<bool>()});
       q.packed_codes = tensors.get(t++);
       q.weight.scales = tensors.get(t++);
       q.weight.zeros = tensors.get(t++);
       q.perm = tensors.get(t++);
+      if (const auto levels = tensors.get(t++); q.weight.has_codebook()) q.weight.levels = levels;
       r.linears.push_back(std::move(q));
     }
     if (t != tensors.size()) fail("{} tensors for {} linears", tensors.size(), r.linears.size());

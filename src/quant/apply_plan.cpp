@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "model/linear_kernel.h"
+#include "quant/billm.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
 #include "quant/transforms.h"
@@ -95,7 +96,16 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
     }
     w = torch::matmul(w, rot);
   }
-  if (p.method == "gptq") {
+  if (p.method == "billm") {
+    if (!st || !st->xtx.defined()) fail_file(where, "site '{}': BiLLM needs a calibration Hessian", s.name);
+    if (q.salient != 0 || rot.defined() || p.sparsity > 0)
+      fail_file(where, "site '{}': BiLLM picks its own salient columns: no salient set, transform or sparsity", s.name);
+    const auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
+    auto r = billm_quantize(w, h);
+    q.weight = std::move(r.stored);
+    q.perm = q.perm.index_select(0, r.perm.to(dev));
+    q.gptq_loss = r.loss;
+  } else if (p.method == "gptq") {
     if (!st || !st->xtx.defined()) fail_file(where, "site '{}': GPTQ needs a calibration Hessian", s.name);
     auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
     if (rot.defined()) h = torch::matmul(torch::matmul(rot.t(), h), rot);  // the Hessian of x·R
@@ -118,6 +128,7 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
   // memory and the one loaded back are the same.
   q.weight.scales = q.weight.scales.to(torch::kFloat16).to(torch::kFloat32);
   q.weight.zeros = q.weight.zeros.to(torch::kFloat16).to(torch::kFloat32);
+  if (q.weight.levels.defined()) q.weight.levels = q.weight.levels.to(torch::kFloat16).to(torch::kFloat32);
   return q;
 }
 
@@ -249,8 +260,9 @@ void compute_bit_statistics(QuantizationReport& r) {
     weights += double(rows * in);
     for (const auto& g : q.weight.groups) {
       code_bits += double(rows) * double(g.col_end - g.col_begin) * g.bits;
-      // fp16 scale per row and group, plus an fp16 zero where the quantizer is not symmetric.
-      param_bits += double(rows) * (g.symmetric ? 16.0 : 32.0);
+      // fp16 scale per row and group, plus an fp16 zero where the quantizer is not symmetric; a
+      // codebook group's 2^bits fp16 levels per row.
+      param_bits += double(rows) * (g.codebook ? 16.0 * double(1 << g.bits) : g.symmetric ? 16.0 : 32.0);
     }
     param_bits += 16.0 * double(in);  // the permutation
     const double hi = q.act_high.quantized() ? q.act_high.bits : 16, lo = q.act_low.quantized() ? q.act_low.bits : 16;

@@ -9,23 +9,77 @@ namespace toga {
 
 using torch::Tensor;
 
-Tensor binarize_rows(const Tensor& x, const Tensor& mask, int order) {
+namespace {
+
+// binarize_rows with its parts: per order, μ and α [rows, 1] and where the sign was + [rows, cols].
+struct Binarized {
+  Tensor values;
+  std::vector<Tensor> mu, alpha, positive;
+};
+
+Binarized binarize_rows_parts(const Tensor& x, const Tensor& mask, int order) {
   if (order < 1 || order > 2) fail("binarization order must be 1 or 2, got {}", order);
   const Tensor m = mask.to(x.scalar_type()).expand_as(x);
   const Tensor count = m.sum(1, true).clamp_min(1);
-  Tensor out = torch::zeros_like(x), residual = x * m;
+  Binarized r;
+  r.values = torch::zeros_like(x);
+  Tensor residual = x * m;
   for (int o = 0; o < order; ++o) {
     const Tensor mu = residual.sum(1, true) / count;
     const Tensor dev = (residual - mu) * m;
     const Tensor alpha = dev.abs().sum(1, true) / count;
-    const Tensor b = (mu + alpha * torch::where(dev >= 0, torch::ones_like(dev), -torch::ones_like(dev))) * m;
-    out = out + b;
+    const Tensor positive = dev >= 0;
+    const Tensor b = (mu + alpha * torch::where(positive, torch::ones_like(dev), -torch::ones_like(dev))) * m;
+    r.values = r.values + b;
     residual = residual - b;
+    r.mu.push_back(mu);
+    r.alpha.push_back(alpha);
+    r.positive.push_back(positive);
   }
-  return out;
+  return r;
 }
 
+}  // namespace
+
+Tensor binarize_rows(const Tensor& x, const Tensor& mask, int order) { return binarize_rows_parts(x, mask, order).values; }
+
 namespace {
+
+// One block's binarization as codebook groups (quant/quantizer.h): the non-salient columns, code =
+// 2·sparse + sign, levels (μc − αc, μc + αc, μs − αs, μs + αs); then the salient columns, code =
+// 2·sign₁ + sign₂, levels μ₁ + μ₂ ± α₁ ± α₂ — the same sums binarize_rows forms, so dequantizing
+// gives its values exactly.
+struct BlockCodes {
+  std::vector<Tensor> codes, levels;
+  std::vector<ColumnGroup> groups;
+};
+
+void add_block_codes(BlockCodes& out, int64_t& next_col, const Tensor& columns_rest, const Tensor& columns_salient,
+                     const Binarized& conc, const Binarized& sparse_part, const Tensor& sparse, const Binarized& sal) {
+  auto pick = [](const Tensor& t, const Tensor& cols) { return t.index_select(1, cols); };
+  auto level = [](const Tensor& mu, const Tensor& alpha, bool plus) { return plus ? mu + alpha : mu - alpha; };
+  if (columns_rest.numel() > 0) {
+    const Tensor is_sparse = pick(sparse, columns_rest);
+    const Tensor positive = torch::where(is_sparse, pick(sparse_part.positive[0], columns_rest), pick(conc.positive[0], columns_rest));
+    out.codes.push_back(is_sparse.to(torch::kChar) * 2 + positive.to(torch::kChar));
+    out.levels.push_back(torch::cat({level(conc.mu[0], conc.alpha[0], false), level(conc.mu[0], conc.alpha[0], true),
+                                     level(sparse_part.mu[0], sparse_part.alpha[0], false),
+                                     level(sparse_part.mu[0], sparse_part.alpha[0], true)}, 1));
+    out.groups.push_back({next_col, next_col + columns_rest.numel(), 2, true, true});
+    next_col += columns_rest.numel();
+  }
+  if (columns_salient.numel() > 0) {
+    out.codes.push_back(pick(sal.positive[0], columns_salient).to(torch::kChar) * 2 +
+                        pick(sal.positive[1], columns_salient).to(torch::kChar));
+    std::vector<Tensor> lv;
+    for (bool first : {false, true})
+      for (bool second : {false, true})
+        lv.push_back(level(sal.mu[0], sal.alpha[0], first) + level(sal.mu[1], sal.alpha[1], second));
+    out.levels.push_back(torch::cat(lv, 1));
+    out.groups.push_back({next_col, next_col + columns_salient.numel(), 2, true, true});
+    next_col += columns_salient.numel();
+  }
+}
 
 double mse(const Tensor& a, const Tensor& b) { return (a - b).pow(2).sum().item<double>(); }
 
@@ -54,6 +108,9 @@ BillmResult billm_quantize(const Tensor& w_in, const Tensor& h_in, const BillmOp
   r.sparse = torch::zeros({rows, cols}, torch::kBool);
   int64_t salient_total = 0;
   double stored_values = 0;
+  BlockCodes codes;
+  std::vector<Tensor> perm;
+  int64_t next_col = 0;
   for (int64_t c0 = 0; c0 < cols; c0 += o.block_size) {
     const int64_t B = std::min(o.block_size, cols - c0);
     const Tensor Wb = W.narrow(1, c0, B);
@@ -86,7 +143,14 @@ BillmResult billm_quantize(const Tensor& w_in, const Tensor& h_in, const BillmOp
       if (e < best) best = e, sparse = high;
     }
     const Tensor concentrated = sal.logical_not().logical_and(sparse.logical_not());
-    const Tensor Qb = binarize_rows(Wb, sal, 2) + binarize_rows(Wb, sparse, 1) + binarize_rows(Wb, concentrated, 1);
+    const Binarized sal_part = binarize_rows_parts(Wb, sal, 2), sparse_part = binarize_rows_parts(Wb, sparse, 1),
+                    conc_part = binarize_rows_parts(Wb, concentrated, 1);
+    const Tensor Qb = sal_part.values + sparse_part.values + conc_part.values;
+    const Tensor block_cols = torch::arange(B, torch::TensorOptions().dtype(torch::kLong).device(W.device()));
+    const Tensor sal_dev = salient.to(W.device());
+    const Tensor rest_cols = block_cols.masked_select(sal_dev.logical_not()), sal_cols = block_cols.masked_select(sal_dev);
+    add_block_codes(codes, next_col, rest_cols, sal_cols, conc_part, sparse_part, sparse, sal_part);
+    perm.push_back(torch::cat({rest_cols, sal_cols}) + c0);
     Q.narrow(1, c0, B).copy_(Qb);
     r.salient.narrow(0, c0, B).copy_(salient.cpu());
     r.sparse.narrow(1, c0, B).copy_(sparse.cpu());
@@ -101,6 +165,12 @@ BillmResult billm_quantize(const Tensor& w_in, const Tensor& h_in, const BillmOp
   const Tensor diff = (W0 - Q).to(torch::kDouble);
   r.loss = 0.5 * torch::trace(diff.matmul(H).matmul(diff.t())).item<double>();
   r.weight = Q.to(w_in.scalar_type());
+  r.perm = torch::cat(perm);
+  r.stored.codes = torch::cat(codes.codes, 1);
+  r.stored.levels = torch::cat(codes.levels, 1);
+  r.stored.groups = codes.groups;
+  r.stored.scales = torch::ones({rows, int64_t(codes.groups.size())}, Q.options());
+  r.stored.zeros = torch::zeros({rows, int64_t(codes.groups.size())}, Q.options());
   const double weights = double(rows) * double(cols), sf = double(salient_total) / double(cols);
   r.bits_paper = 1.0 + sf;
   r.bits_with_flags = r.bits_paper + (1.0 - sf);

@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include "quant/quantizer.h"
+
 namespace toga {
 
 // Per row, over the entries where `mask` is true: μ = mean, α = mean |x − μ|, x ≈ μ + α·sign(x − μ);
@@ -24,6 +26,11 @@ struct BillmResult {
   torch::Tensor salient;       // bool [in]: the columns binarized twice
   torch::Tensor sparse;        // bool [out, in]: the non-salient weights above their block's break point
   double loss = 0;             // 1/2 tr((W − Q) H_damped (W − Q)ᵀ) for the dead-column-zeroed W
+  // What a checkpoint stores: per block of columns, the non-salient columns then the salient ones
+  // (`perm`: stored column j is W's column perm[j]), each a 2-bit codebook group (quant/quantizer.h);
+  // dequantize(stored) is `weight` with its columns in `perm` order.
+  QuantizedWeight stored;
+  torch::Tensor perm;
   // Average bits per weight, three ways (BASELINES.md §3b): as the paper counts (1 + the salient
   // columns' second bit), with the one-bit concentrated/sparse flag of every non-salient weight, and
   // with every stored parameter too (per row and block: μ and α of each of the salient orders and

@@ -63,7 +63,8 @@ class DequantizedSource : public TensorSource {
     for (const auto& t : inner_.tensors()) {
       const auto dot = t.name.rfind('.');
       const std::string leaf = dot == std::string::npos ? t.name : t.name.substr(dot + 1);
-      if (leaf == "weight_packed" || leaf == "weight_scale" || leaf == "weight_zero_point" || leaf == "input_perm")
+      if (leaf == "weight_packed" || leaf == "weight_scale" || leaf == "weight_zero_point" || leaf == "weight_levels" ||
+          leaf == "input_perm")
         continue;
       out.push_back(t);
     }
@@ -99,7 +100,7 @@ int64_t packed_row_bytes(const std::vector<ColumnGroup>& groups) {
   return (bits + 7) / 8;
 }
 
-static int group_code_min(const ColumnGroup& g) { return g.bits == 1 ? 0 : -(1 << (g.bits - 1)); }
+static int group_code_min(const ColumnGroup& g) { return g.bits == 1 || g.codebook ? 0 : -(1 << (g.bits - 1)); }
 
 torch::Tensor pack_codes(const QuantizedWeight& w) {
   const auto codes = w.codes.to(torch::kCPU, torch::kInt8).contiguous();
@@ -144,6 +145,45 @@ torch::Tensor unpack_codes(const torch::Tensor& packed, const std::vector<Column
   return codes;
 }
 
+// The positions (in the group list) of the groups with a scale and zero point: all but codebooks.
+static torch::Tensor affine_group_columns(const std::vector<ColumnGroup>& groups) {
+  std::vector<int64_t> idx;
+  for (size_t g = 0; g < groups.size(); ++g)
+    if (!groups[g].codebook) idx.push_back(int64_t(g));
+  return torch::tensor(idx, torch::kLong);
+}
+
+static nlohmann::json groups_to_json(const std::vector<ColumnGroup>& groups) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& g : groups)
+    j.push_back({{"columns", {g.col_begin, g.col_end}}, {"bits", g.bits}, {"symmetric", g.symmetric}, {"codebook", g.codebook}});
+  return j;
+}
+
+static std::vector<ColumnGroup> groups_from_json(const nlohmann::json& j, int64_t in, const std::string& where,
+                                                 const std::string& stem) {
+  std::vector<ColumnGroup> groups;
+  try {
+    int64_t next = 0;
+    for (const auto& e : j) {
+      ColumnGroup g;
+      g.col_begin = e.at("columns").at(0).get<int64_t>();
+      g.col_end = e.at("columns").at(1).get<int64_t>();
+      g.bits = e.at("bits").get<int>();
+      g.symmetric = e.value("symmetric", true);
+      g.codebook = e.value("codebook", false);
+      if (g.col_begin != next || g.col_end <= g.col_begin || g.bits < 1 || g.bits > 8)
+        fail_file(where, "layer '{}': column groups must be consecutive, non-empty, of 1 to 8 bits", stem);
+      next = g.col_end;
+      groups.push_back(g);
+    }
+    if (next != in) fail_file(where, "layer '{}': column groups cover {} of {} columns", stem, next, in);
+  } catch (const nlohmann::json::exception& e) {
+    fail_file(where, "layer '{}': malformed groups: {}", stem, e.what());
+  }
+  return groups;
+}
+
 LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& model, const QuantizationReport& report,
                                         DType dtype, const QuantizedCheckpointExtras& extras) {
   const ModelConfig c = model.current_config();
@@ -176,8 +216,15 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
     const QuantizedLinear& q = *it->second;
     const std::string stem = name.substr(0, name.size() - std::strlen(".weight"));
     add(stem + ".weight_packed", q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), &linear_bytes.codes);
-    add(stem + ".weight_scale", q.weight.scales.to(torch::kFloat16), &linear_bytes.params);
-    add(stem + ".weight_zero_point", q.weight.zeros.to(torch::kFloat16), &linear_bytes.params);
+    // Codebook groups store their levels instead of a scale and zero point (docs/FORMAT.md).
+    const torch::Tensor affine = affine_group_columns(q.weight.groups);
+    if (affine.numel() > 0) {
+      add(stem + ".weight_scale", q.weight.scales.index_select(1, affine.to(q.weight.scales.device())).to(torch::kFloat16),
+          &linear_bytes.params);
+      add(stem + ".weight_zero_point", q.weight.zeros.index_select(1, affine.to(q.weight.zeros.device())).to(torch::kFloat16),
+          &linear_bytes.params);
+    }
+    if (q.weight.has_codebook()) add(stem + ".weight_levels", q.weight.levels.to(torch::kFloat16), &linear_bytes.params);
     add(stem + ".input_perm", q.perm.to(torch::kInt32), &linear_bytes.indices);
     layers[stem] = {{"salient", q.salient},
                     {"method", q.method},
@@ -187,6 +234,7 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
                     {"act_high", quant_spec_to_json(q.act_high)},
                     {"gptq_loss", q.gptq_loss}};
     if (q.sparsity > 0) layers[stem]["sparsity"] = q.sparsity;
+    if (q.weight.has_codebook()) layers[stem]["groups"] = groups_to_json(q.weight.groups);
     if (!q.transform.empty()) layers[stem]["transform"] = transform_to_json(q);
   }
   const Plan& plan = report.plan;
@@ -259,13 +307,28 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
     if (entry.contains("transform")) transform_from_json(entry["transform"], q, where, "layer '" + stem + "'");
     if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
       fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);
-    q.weight.groups = column_groups(in, q.salient, low, high);
+    // Layouts the quantizer specs do not determine (codebook groups) list their groups.
+    q.weight.groups = entry.contains("groups") ? groups_from_json(entry["groups"], in, where, stem)
+                                               : column_groups(in, q.salient, low, high);
     const int64_t n_groups = static_cast<int64_t>(q.weight.groups.size());
     const auto packed = read_stored(src, stem + ".weight_packed", DType::U8, {rows, packed_row_bytes(q.weight.groups)}, torch::kUInt8);
     const std::string file = src.info(stem + ".weight_packed").file;
     q.weight.codes = unpack_codes(packed, q.weight.groups, in, file);
-    q.weight.scales = read_stored(src, stem + ".weight_scale", DType::F16, {rows, n_groups}, torch::kFloat16).to(torch::kFloat32);
-    q.weight.zeros = read_stored(src, stem + ".weight_zero_point", DType::F16, {rows, n_groups}, torch::kFloat16).to(torch::kFloat32);
+    const torch::Tensor affine = affine_group_columns(q.weight.groups);
+    q.weight.scales = torch::ones({rows, n_groups}, torch::kFloat32);
+    q.weight.zeros = torch::zeros({rows, n_groups}, torch::kFloat32);
+    if (affine.numel() > 0) {
+      q.weight.scales.index_copy_(1, affine, read_stored(src, stem + ".weight_scale", DType::F16, {rows, affine.numel()},
+                                                         torch::kFloat16).to(torch::kFloat32));
+      q.weight.zeros.index_copy_(1, affine, read_stored(src, stem + ".weight_zero_point", DType::F16, {rows, affine.numel()},
+                                                        torch::kFloat16).to(torch::kFloat32));
+    }
+    if (q.weight.has_codebook()) {
+      int64_t entries = 0;
+      for (const auto& g : q.weight.groups) entries += g.codebook ? int64_t(1) << g.bits : 0;
+      q.weight.levels = read_stored(src, stem + ".weight_levels", DType::F16, {rows, entries}, torch::kFloat16).to(torch::kFloat32);
+      if (!torch::isfinite(q.weight.levels).all().item<bool>()) fail_file(file, "layer '{}': non-finite codebook levels", stem);
+    }
     if (!torch::isfinite(q.weight.scales).all().item<bool>() || !torch::isfinite(q.weight.zeros).all().item<bool>())
       fail_file(file, "layer '{}': non-finite scales or zero points", stem);
     q.perm = read_stored(src, stem + ".input_perm", DType::I32, {in}, torch::kInt32).to(torch::kLong);

@@ -105,7 +105,8 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
   }
   if (j.contains("method")) {
     s.method = j["method"].is_string() ? j["method"].get<std::string>() : "";
-    if (s.method != "rtn" && s.method != "gptq") fail_file(where, "{}: method must be 'rtn' or 'gptq'", what);
+    if (s.method != "rtn" && s.method != "gptq" && s.method != "billm")
+      fail_file(where, "{}: method must be 'rtn', 'gptq' or 'billm'", what);
   }
   auto specs = [&](const char* key, QuantSpec& low, QuantSpec& high) {
     if (!j.contains(key)) return;

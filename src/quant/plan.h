@@ -53,8 +53,8 @@ struct SitePlan : SiteScheme {
   int64_t salient_count = -1;
   double salient_fraction = 0.0;
 
-  bool needs_statistics() const { return order_rule == "mean_abs" || method == "gptq"; }
-  bool needs_hessian() const { return method == "gptq"; }
+  bool needs_statistics() const { return order_rule == "mean_abs" || needs_hessian(); }
+  bool needs_hessian() const { return method == "gptq" || method == "billm"; }
 };
 
 struct GptqSettings {

@@ -274,7 +274,21 @@ Tensor dequantize(const QuantizedWeight& qw) {
   if (std::count(column_group.begin(), column_group.end(), -1) > 0) fail("column groups do not cover the weight");
   const Tensor index = torch::tensor(column_group, torch::kLong).to(qw.scales.device());
   const Tensor scale = qw.scales.index_select(1, index);
-  return scale * (qw.codes.to(scale.scalar_type()) - qw.zeros.index_select(1, index));
+  Tensor w = scale * (qw.codes.to(scale.scalar_type()) - qw.zeros.index_select(1, index));
+  int64_t offset = 0;
+  for (const auto& g : qw.groups) {
+    if (!g.codebook) continue;
+    const int64_t n = int64_t(1) << g.bits, width = g.col_end - g.col_begin;
+    if (!qw.levels.defined() || qw.levels.size(1) < offset + n) fail("codebook groups without their levels");
+    const Tensor codes = qw.codes.narrow(1, g.col_begin, width).to(torch::kLong);
+    w.narrow(1, g.col_begin, width).copy_(qw.levels.narrow(1, offset, n).to(w.scalar_type()).gather(1, codes));
+    offset += n;
+  }
+  return w;
+}
+
+bool QuantizedWeight::has_codebook() const {
+  return std::any_of(groups.begin(), groups.end(), [](const ColumnGroup& g) { return g.codebook; });
 }
 
 }  // namespace toga

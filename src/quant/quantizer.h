@@ -49,12 +49,15 @@ void validate(const QuantSpec& spec);
 int code_min(const QuantSpec& spec);
 int code_max(const QuantSpec& spec);
 
-// Columns [col_begin, col_end) sharing one scale/zero per row.
+// Columns [col_begin, col_end) sharing one scale/zero per row — or, for a codebook group, one table
+// of 2^bits values per row that the codes (0 .. 2^bits − 1) index (BiLLM's binarized groups, whose
+// levels μ ± α of two interleaved sets are not evenly spaced).
 struct ColumnGroup {
   int64_t col_begin = 0;
   int64_t col_end = 0;
   int bits = 16;
   bool symmetric = true;  // binarization: true when not centered (zero = 0.5)
+  bool codebook = false;
 };
 
 struct QuantizedWeight {
@@ -62,6 +65,12 @@ struct QuantizedWeight {
   torch::Tensor scales;  // [out, n_groups], the compute dtype: f32 (f64 for a float64 input)
   torch::Tensor zeros;   // [out, n_groups], same dtype; value = scale*(code - zero)
   std::vector<ColumnGroup> groups;  // in column order, covering [0, in)
+  // [out, Σ 2^bits over the codebook groups, in group order]: their tables (value = levels[row,
+  // offset of the group + code]); undefined without codebook groups. Their scales and zeros are
+  // unused (1 and 0) and not stored.
+  torch::Tensor levels;
+
+  bool has_codebook() const;
 };
 
 // Per-group parameters of the groups along x's last dimension; shaped like x with last dim 1.

@@ -47,7 +47,8 @@ SitePlan base_site(const QuantizeOptions& o) {
 }
 
 Plan plan_shell(const QuantizeOptions& o, const std::string& recipe) {
-  if (o.method != "rtn" && o.method != "gptq") fail("weight quantizer must be rtn or gptq, got '{}'", o.method);
+  if (o.method != "rtn" && o.method != "gptq" && o.method != "billm")
+    fail("weight quantizer must be rtn, gptq or billm, got '{}'", o.method);
   if (!(o.sparsity >= 0 && o.sparsity < 1)) fail("sparsity {} is outside [0, 1)", o.sparsity);
   if (o.sparsity > 0 && o.method != "gptq") fail("sparsity (SparseGPT) prunes inside GPTQ: it needs the gptq weight quantizer");
   Plan p;
@@ -73,6 +74,25 @@ QuantizeOptions atom_defaults() {
   o.act_high = {8, true, 0};
   o.kv = {4, false, 0};
   return o;
+}
+
+// BiLLM (BASELINES.md §3): 1-bit weights, Hessian-salient columns binarized twice, the rest split at
+// a break point, block-wise error compensation (quant/billm.h); weights only, no reordering, KV16.
+QuantizeOptions billm_defaults() {
+  QuantizeOptions o;
+  o.method = "billm";
+  o.reorder = false;  // its salient columns come from the Hessian, block by block
+  o.weight_low = {1, true, 0};
+  o.weight_high = {1, true, 0};
+  return o;
+}
+
+Plan billm_plan(const Model& m, const QuantizeOptions& o) {
+  if (o.method != "billm" || o.weight_low.bits != 1 || o.act_low.quantized() || o.salient_fraction > 0 ||
+      !o.salient_counts.empty() || o.reorder || o.sparsity > 0)
+    fail("--method billm is BiLLM's own 1-bit weight-only scheme: it takes no --wbits, --abits, salient, reorder or "
+         "sparsity flags");
+  return uniform_plan(m, o, "billm");
 }
 
 struct Registry {
@@ -104,6 +124,10 @@ struct Registry {
                             [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "sparsegpt"); }};
     recipes["atom"] = {"atom", "Atom: reorder by mean |x|, 12.5% INT8 salient, INT4 g128 W and A, GPTQ, KV4",
                        atom_defaults, [](const Model& m, const QuantizeOptions& o) { return uniform_plan(m, o, "atom"); }};
+    recipes["billm"] = {"billm",
+                        "BiLLM: 1-bit weights, Hessian-salient columns binarized twice, the rest split at a break "
+                        "point into two binarized groups, block-wise error compensation (codebook storage)",
+                        billm_defaults, billm_plan};
     recipes["resq"] = {"resq",
                        "ResQ: PCA bases folded into the weights (top-variance 1/8 at INT8, the rest INT4, W and A), online "
                        "Hadamard on down_proj, GPTQ, KV4",

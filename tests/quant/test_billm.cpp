@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "quant/billm.h"
+#include "quant/quantizer.h"
 #include "util/error.h"
 
 using namespace toga;
@@ -88,4 +89,34 @@ TEST(Billm, CorrelatedHessianLossIsTheFormulaAndBeatsSignBinarization) {
   EXPECT_DOUBLE_EQ(r.bits_paper, 1 + sf);
   EXPECT_DOUBLE_EQ(r.bits_with_flags, 2.0);
   EXPECT_NEAR(r.bits_total, 2.0 + 16.0 * 8 * 3 * rows / double(rows * cols), 1e-12);  // 3 blocks of 8 fp16 per row
+}
+
+TEST(Billm, StoredCodebookGroupsDequantizeToTheResultExactly) {
+  torch::manual_seed(5);
+  const int64_t rows = 7, cols = 44;
+  const Tensor w = torch::randn({rows, cols}) * torch::linspace(0.2, 2, cols);
+  const Tensor x = torch::randn({64, cols});
+  BillmOptions o;
+  o.block_size = 16;
+  o.salient_candidates = 6;
+  const auto r = billm_quantize(w, 2.0 / 64 * x.t().matmul(x), o);
+  // Stored column j is W's column perm[j]: each block's non-salient columns, then its salient ones.
+  EXPECT_TRUE(torch::equal(std::get<0>(r.perm.sort()), torch::arange(cols)));
+  EXPECT_TRUE(torch::equal(dequantize(r.stored), r.weight.index_select(1, r.perm)));
+  for (const auto& g : r.stored.groups) {
+    EXPECT_TRUE(g.codebook);
+    EXPECT_EQ(g.bits, 2);
+  }
+  EXPECT_EQ(r.stored.levels.size(1), 4 * int64_t(r.stored.groups.size()));
+  EXPECT_GE(r.stored.codes.min().item<int>(), 0);
+  EXPECT_LE(r.stored.codes.max().item<int>(), 3);
+  // The salient groups hold exactly the salient columns, block by block.
+  int64_t salient_cols = 0;
+  for (size_t i = 0; i + 1 < r.stored.groups.size(); ++i) {
+    const auto& g = r.stored.groups[i];
+    const bool salient = r.salient[r.perm[g.col_begin].item<int64_t>()].item<bool>();
+    for (int64_t c = g.col_begin; c < g.col_end; ++c) EXPECT_EQ(r.salient[r.perm[c].item<int64_t>()].item<bool>(), salient);
+    if (salient) salient_cols += g.col_end - g.col_begin;
+  }
+  EXPECT_LE(salient_cols, r.salient.sum().item<int64_t>());
 }

@@ -182,6 +182,41 @@ TEST(QuantizedFormat, CheckpointRoundTripsBitExactly) {
   EXPECT_TRUE(torch::equal(loaded.forward(s.calib), s.model.forward(s.calib)));
 }
 
+TEST(QuantizedFormat, BillmCodebookCheckpointRoundTripsBitExactly) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  auto s = load_stories(4, 128);
+  QuantizeOptions o = find_recipe("billm").defaults();
+  const auto report = apply_plan(s.model, find_recipe("billm").make(s.model, o), s.calib, "billm", false);
+  for (const auto& q : report.linears) EXPECT_TRUE(q.weight.has_codebook()) << q.site;
+  EXPECT_DOUBLE_EQ(report.weight_bits_codes, 2.0) << "sign and group flag (or two signs) per weight";
+  const std::string out = dir / "b";
+  save_quantized_checkpoint(out, s.model, report, DType::F32, {});
+  const Checkpoint ck = open_checkpoint(out);
+  EXPECT_FALSE(ck.tensors->has("model.layers.0.self_attn.q_proj.weight_scale")) << "no scales for codebook groups";
+  const auto linears = read_quantized_linears(ck);
+  std::map<std::string, const QuantizedLinear*> by_site;
+  for (const auto& q : linears) by_site[q.site] = &q;
+  for (const auto& a : report.linears) {
+    const auto& b = *by_site.at(a.site);
+    EXPECT_TRUE(torch::equal(a.weight.codes, b.weight.codes)) << a.site;
+    EXPECT_TRUE(torch::equal(a.weight.levels, b.weight.levels)) << a.site;
+    EXPECT_TRUE(torch::equal(a.perm, b.perm)) << a.site;
+    EXPECT_TRUE(torch::equal(dequantize(a.weight), dequantize(b.weight))) << a.site;
+  }
+  const Model loaded = load_any_model(ck, {});
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(torch::equal(loaded.forward(s.calib), s.model.forward(s.calib)));
+  LoadOptions packed;
+  packed.packed_kernels = true;  // codebook columns stay on the dense kernel
+  EXPECT_TRUE(torch::equal(load_any_model(ck, packed).forward(s.calib), s.model.forward(s.calib)));
+  EXPECT_THROW(find_recipe("billm").make(s.model, [] {
+    auto w = find_recipe("billm").defaults();
+    w.weight_low.bits = 2;
+    return w;
+  }()), Error);
+}
+
 TEST(QuantizedFormat, CorruptCheckpointsAreClearErrors) {
   TOGA_REQUIRE_FILE(stories260k_path());
   ScratchDir dir;
