@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -162,9 +163,20 @@ void register_quantize(CLI::App& app) {
                 report.act_bits, plan.kv.bits, report.seconds);
     if (!f->report_json.empty()) {
       nlohmann::json layers = nlohmann::json::array();
-      for (const auto& q : report.linears)
+      // Method-specific bit counts (BiLLM's three), averaged over the weights.
+      std::map<std::string, double> detail_bits;
+      double weights = 0;
+      for (const auto& q : report.linears) {
         layers.push_back({{"site", q.site}, {"salient", q.salient}, {"in_features", q.perm.numel()},
                           {"method", q.method}, {"gptq_loss", q.gptq_loss}});
+        if (!q.details.is_null()) layers.back()["details"] = q.details;
+        const double n = double(q.rows()) * double(q.in_features());
+        weights += n;
+        for (const auto& [k, v] : q.details.items())
+          if (k.rfind("bits_", 0) == 0) detail_bits[k] += n * v.get<double>();
+      }
+      nlohmann::json method_bits = nlohmann::json::object();
+      for (const auto& [k, v] : detail_bits) method_bits[k] = v / weights;
       write_json(f->report_json, {{"model", f->model},
                                   {"output", f->output},
                                   {"recipe", plan.recipe},
@@ -173,6 +185,7 @@ void register_quantize(CLI::App& app) {
                                   {"weight_bits_codes", report.weight_bits_codes},
                                   {"weight_bits_total", report.weight_bits_total},
                                   {"act_bits", report.act_bits},
+                                  {"method_bits", method_bits},
                                   {"seconds", report.seconds},
                                   {"layers", layers},
                                   {"run", run_info(f->common)}},

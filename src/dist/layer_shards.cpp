@@ -47,7 +47,8 @@ std::string serialize_report(const QuantizationReport& report) {
   for (const auto& q : report.linears) {
     nlohmann::json groups = nlohmann::json::array();
     for (const auto& g : q.weight.groups) groups.push_back({g.col_begin, g.col_end, g.bits, g.symmetric, g.codebook});
-    linears.push_back({{"site", q.site}, {"salient", q.salient}, {"gptq_loss", q.gptq_loss}, {"groups", groups}});
+    linears.push_back(
+        {{"site", q.site}, {"salient", q.salient}, {"gptq_loss", q.gptq_loss}, {"groups", groups}, {"details", q.details}});
     // Packed codes: what rank 0 keeps until it writes (bits/8 bytes per weight, not 1).
     const auto levels = q.weight.levels.defined() ? q.weight.levels : torch::empty({0});
     for (const auto& t : {q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), q.weight.scales, q.weight.zeros,
@@ -73,6 +74,7 @@ QuantizationReport deserialize_report(const std::string& bytes, const std::strin
       static_cast<SiteScheme&>(q) = r.plan.sites.at(q.site);
       q.salient = j.at("salient").get<int64_t>();
       q.gptq_loss = j.at("gptq_loss").get<double>();
+      q.details = j.value("details", nlohmann::json());
       for (const auto& g : j.at("groups"))
         q.weight.groups.push_back(
             {g.at(0).get<int64_t>(), g.at(1).get<int64_t>(), g.at(2).get<int>(), g.at(3).get<bool>(), g.at(4).get<bool>()});

@@ -105,6 +105,8 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
     q.weight = std::move(r.stored);
     q.perm = q.perm.index_select(0, r.perm.to(dev));
     q.gptq_loss = r.loss;
+    q.details = {{"bits_paper", r.bits_paper}, {"bits_with_flags", r.bits_with_flags}, {"bits_total", r.bits_total},
+                 {"salient_columns", r.salient.sum().item<int64_t>()}};
   } else if (p.method == "gptq") {
     if (!st || !st->xtx.defined()) fail_file(where, "site '{}': GPTQ needs a calibration Hessian", s.name);
     auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);

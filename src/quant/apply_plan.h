@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "model/model.h"
 #include "quant/calibration.h"
 #include "quant/plan.h"
@@ -28,6 +30,8 @@ struct QuantizedLinear : SiteScheme {
   // weight.codes where only writing remains (a layer-sharded run's rank 0 holds every block's codes
   // so: bits/8 bytes per weight instead of 1). Undefined otherwise.
   torch::Tensor packed_codes;
+  // Method-specific facts for the report (BiLLM: its bits counted three ways); not stored.
+  nlohmann::json details;
 
   int64_t rows() const { return weight.scales.size(0); }
   int64_t in_features() const { return perm.numel(); }

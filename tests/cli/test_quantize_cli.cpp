@@ -95,3 +95,27 @@ TEST(QuantizeCli, BadPlanIsOneLineErrorNamingTheFileAndWritesNothing) {
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
   EXPECT_FALSE(fs::exists(dir / "out"));
 }
+
+TEST(QuantizeCli, BillmReportsItsBitsThreeWaysAndRefusesOtherBits) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  const std::string out = dir / "billm", report = dir / "billm.json";
+  auto r = run_toga("quantize " + stories260k_path() + " " + out + " --method billm --report " + report + kCalib);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(read_text_file(report));
+  const auto& bits = j.at("method_bits");
+  // As the paper counts (1 + salient columns), with the per-weight group flag (2), with every
+  // stored parameter: increasing, and the stored codes are the flagged count.
+  EXPECT_GT(bits.at("bits_paper").get<double>(), 1.0);
+  EXPECT_LT(bits.at("bits_paper").get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(bits.at("bits_with_flags").get<double>(), 2.0);
+  EXPECT_GT(bits.at("bits_total").get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(j.at("weight_bits_codes").get<double>(), 2.0);
+  EXPECT_EQ(quant_config(out).at("recipe"), "billm");
+  r = run_toga("eval ppl " + out + " --max-windows 1 --seqlen 64");
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = run_toga("quantize " + stories260k_path() + " " + dir / "b2" + " --method billm --wbits 2" + kCalib);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("BiLLM's own 1-bit"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "b2"));
+}
