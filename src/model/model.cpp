@@ -321,14 +321,15 @@ torch::Tensor canonical_weight(const LinearSite& s, const torch::Tensor& canonic
 
 }  // namespace
 
-std::vector<std::pair<std::string, torch::Tensor>> Model::named_tensors() const {
+std::vector<std::pair<std::string, torch::Tensor>> Model::named_tensors(const std::set<std::string>& replaced) const {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   out.push_back({names::embed(), embed});
   for (int i = 0; i < int(blocks.size()); ++i) {
     const Block& b = blocks[i];
     auto L = [&](const std::string& n) { return names::layer(i, n); };
     auto add_site = [&](const LinearSite& s, const std::string& hf, const torch::Tensor& canonical_in) {
-      out.push_back({L(hf + ".weight"), canonical_weight(s, canonical_in)});
+      const std::string name = L(hf + ".weight");
+      out.push_back({name, replaced.count(name) ? torch::Tensor() : canonical_weight(s, canonical_in)});
       if (s.bias.defined()) out.push_back({L(hf + ".bias"), s.bias});
     };
     out.push_back({L("input_layernorm.weight"), b.attn_norm});

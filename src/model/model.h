@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -181,7 +182,9 @@ class Model {
   // Every tensor of the (unquantized) model under its Hugging Face name, weights in canonical column
   // order (any reordering undone), pruning index lists as int64: what a checkpoint of it holds. Save,
   // convert and later gradient all-reduce iterate this one list.
-  std::vector<std::pair<std::string, torch::Tensor>> named_tensors() const;
+  // Names in `replaced` (weights a caller writes in another form, e.g. quantized) come back
+  // undefined instead of as canonical-order copies.
+  std::vector<std::pair<std::string, torch::Tensor>> named_tensors(const std::set<std::string>& replaced = {}) const;
   // The config with this model's per-layer shapes (layer_shapes set only when they differ).
   ModelConfig current_config() const;
 };

@@ -203,7 +203,9 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
     if (counted) *counted += storage.back().size();
   };
   nlohmann::json layers = nlohmann::json::object();
-  for (const auto& [name, t] : model.named_tensors()) {
+  std::set<std::string> replaced;
+  for (const auto& [name, q] : by_weight) replaced.insert(name);
+  for (const auto& [name, t] : model.named_tensors(replaced)) {
     auto it = by_weight.find(name);
     if (it == by_weight.end()) {
       if (is_placeholder(t))
