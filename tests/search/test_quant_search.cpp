@@ -13,6 +13,7 @@
 #include "search/budget.h"
 #include "search/train.h"
 #include "search/supernet.h"
+#include "search/quant_search_util.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -176,23 +177,7 @@ TEST(QuantSearch, ResumedRunIsTheUninterruptedRun) {
   const auto tokens = random_token_stream(c.vocab_size, 4000, 9);
   auto run = [&](const std::string& ckpt, int steps, bool resume) {
     Model m = random_model(c, 3);
-    auto groups = quant_mask_groups(m);
-    compute_channel_orders(m, groups, sample_calibration_windows(tokens, 4, 32, 1));
-    SupernetQuantizers q;
-    q.weight_low = {3, true, 0};
-    q.act_low = {4, true, 0};
-    q.act_high = {8, true, 0};
-    Supernet net(m, groups, q);
-    SearchOptions o;
-    o.budget = 3.6 / 16;
-    o.steps = steps;
-    o.seqlen = 16;
-    o.lr = 0.02;
-    o.checkpoint_every = 2;
-    o.checkpoint_path = ckpt;
-    o.resume = resume;
-    o.progress = false;
-    return train_search(m, net, tokens, o);
+    return w3a4_quant_search(m, tokens, steps, ckpt, resume);
   };
   ScratchDir dir;
   const auto full = run("", 6, false);

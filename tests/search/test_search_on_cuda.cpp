@@ -7,8 +7,7 @@
 #include "quant/apply_plan.h"
 #include "quant/calibration.h"
 #include "quant/recipes.h"
-#include "search/supernet.h"
-#include "search/train.h"
+#include "search/quant_search_util.h"
 
 using namespace toga;
 using namespace toga::test;
@@ -24,21 +23,7 @@ Model model_on(torch::Device device) {
 
 SearchResult short_search(torch::Device device) {
   Model m = model_on(device);
-  const auto tokens = random_token_stream(m.config.vocab_size, 4000, 9);
-  auto groups = quant_mask_groups(m);
-  compute_channel_orders(m, groups, sample_calibration_windows(tokens, 4, 32, 1));
-  SupernetQuantizers q;
-  q.weight_low = {3, true, 0};
-  q.act_low = {4, true, 0};
-  q.act_high = {8, true, 0};
-  Supernet net(m, groups, q);
-  SearchOptions o;
-  o.budget = 3.6 / 16;
-  o.steps = 4;
-  o.seqlen = 16;
-  o.lr = 0.02;
-  o.progress = false;
-  return train_search(m, net, tokens, o);
+  return w3a4_quant_search(m, random_token_stream(m.config.vocab_size, 4000, 9), 4);
 }
 
 }  // namespace
