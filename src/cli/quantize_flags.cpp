@@ -6,7 +6,7 @@
 namespace toga::cli {
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
-  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ) | billm (1-bit) | resq | spinquant")->capture_default_str();
+  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ) | billm (1-bit) | slim-llm | resq | spinquant | obr | obr-rtn (SpinQuant front end + 50% Wanda + OBR)")->capture_default_str();
   cmd->add_option("--wbits,--low-bits", f.wbits, "weight bits of the low-precision part (1 = binarization)")->capture_default_str();
   cmd->add_option("--abits", f.abits, "activation bits (16 = weight-only)")->capture_default_str();
   cmd->add_option("--high-bits", f.high_bits, "bits of the salient channels (weights and activations)")->capture_default_str();
@@ -15,7 +15,8 @@ void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
   cmd->add_flag("--asym", f.asymmetric, "asymmetric weight quantization (default symmetric)");
   cmd->add_flag("--act-asym", f.act_asymmetric, "asymmetric activation quantization");
   cmd->add_option("--salient-frac", f.salient_frac, "fraction of input channels kept at --high-bits");
-  cmd->add_option("--sparsity", f.sparsity, "SparseGPT: unstructured fraction of weights pruned inside GPTQ (sparsegpt: 0.5)");
+  cmd->add_option("--sparsity", f.sparsity, "fraction of weights pruned: inside GPTQ (gptq, spinquant: SparseGPT; sparsegpt: 0.5) or by Wanda (obr: 0.5)");
+  cmd->add_option("--sparsity-pattern", f.sparsity_pattern, "unstructured | 2:4 (2 of every 4 columns; sets --sparsity 0.5)");
   cmd->add_option("--salient-counts", f.salient_counts, "JSON {site: count} with per-layer salient counts");
   cmd->add_flag("--no-reorder", f.no_reorder, "keep channel order (salient = the last channels as stored)");
   cmd->add_flag("--act-order", f.act_order, "GPTQ act-order (descending Hessian diagonal)");
@@ -72,6 +73,15 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) 
   if (given("--salient-counts")) o.salient_counts = read_salient_counts(f.salient_counts);
   if (given("--act-order")) o.gptq.act_order = f.act_order;
   if (given("--sparsity")) o.sparsity = f.sparsity;
+  if (given("--sparsity-pattern")) {
+    if (f.sparsity_pattern != "unstructured" && f.sparsity_pattern != "2:4")
+      fail("--sparsity-pattern must be unstructured or 2:4, got '{}'", f.sparsity_pattern);
+    o.sparsity_pattern = f.sparsity_pattern == "2:4" ? "2:4" : "";
+    if (o.sparsity_pattern == "2:4") {
+      if (given("--sparsity") && f.sparsity != 0.5) fail("--sparsity-pattern 2:4 prunes half: --sparsity must be 0.5");
+      o.sparsity = 0.5;
+    }
+  }
   // The generic recipes reorder only when there is something salient to put last.
   if (f.method == "rtn" || f.method == "gptq" || f.method == "sparsegpt")
     o.reorder = o.salient_fraction > 0 || !o.salient_counts.empty();
@@ -81,6 +91,7 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) 
   validate(o.act_low);
   validate(o.act_high);
   validate(o.kv);
+  if (recipe.check) recipe.check(o);
   return o;
 }
 

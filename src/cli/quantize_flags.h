@@ -21,6 +21,7 @@ struct QuantizeFlags {
   bool asymmetric = false, act_asymmetric = false;
   double salient_frac = 0.0;
   double sparsity = 0.0;
+  std::string sparsity_pattern;
   std::string salient_counts;
   bool no_reorder = false, act_order = false, mse_clip = false, binary_centered = false;
   double weight_clip = 1.0, act_clip = 1.0;

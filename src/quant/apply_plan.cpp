@@ -6,6 +6,8 @@
 #include "quant/billm.h"
 #include "quant/calibration.h"
 #include "quant/gptq.h"
+#include "quant/obr.h"
+#include "quant/slim_llm.h"
 #include "quant/transforms.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -13,6 +15,10 @@
 namespace toga {
 
 namespace {
+
+// Every 16th calibration token's input is kept for methods that score a layer's outputs (SliM-LLM):
+// 2,048 rows of 16 windows of 2,048 tokens.
+constexpr int64_t kOutputScoreSampleStride = 16;
 
 // The block pruning index list a site's input index is composed with (undefined = none).
 torch::Tensor block_input_index(const Model& m, const std::string& site) {
@@ -96,21 +102,48 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
     }
     w = torch::matmul(w, rot);
   }
+  // The Hessian of the site's stored-order (and transformed) input, for every method but RTN.
+  torch::Tensor h;
+  if (p.needs_hessian()) {
+    if (!st || !st->xtx.defined()) fail_file(where, "site '{}': method {} needs a calibration Hessian", s.name, p.method);
+    h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
+    if (rot.defined()) h = torch::matmul(torch::matmul(rot.t(), h), rot);  // the Hessian of x·R
+  }
   if (p.method == "billm") {
-    if (!st || !st->xtx.defined()) fail_file(where, "site '{}': BiLLM needs a calibration Hessian", s.name);
     if (q.salient != 0 || rot.defined() || p.sparsity > 0)
       fail_file(where, "site '{}': BiLLM picks its own salient columns: no salient set, transform or sparsity", s.name);
-    const auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
     auto r = billm_quantize(w, h);
     q.weight = std::move(r.stored);
     q.perm = q.perm.index_select(0, r.perm.to(dev));
     q.gptq_loss = r.loss;
     q.details = {{"bits_paper", r.bits_paper}, {"bits_with_flags", r.bits_with_flags}, {"bits_total", r.bits_total},
                  {"salient_columns", r.salient.sum().item<int64_t>()}};
+  } else if (p.method == "slim-llm") {
+    if (q.salient != 0) fail_file(where, "site '{}': SliM-LLM allocates bits per column group: no salient channels", s.name);
+    if (!st->samples.defined()) fail_file(where, "site '{}': SliM-LLM needs a sample of the calibration inputs", s.name);
+    torch::Tensor x = site_stat(st->samples.t(), false).t().to(dev).index_select(1, q.perm);
+    if (rot.defined()) x = torch::matmul(x, rot);
+    GptqOptions o;
+    o.block_size = g.block_size;
+    o.damp = g.damp;
+    auto r = slim_llm_quantize(w, h, x, p.weight_low, o);
+    q.weight = std::move(r.gptq.weight);
+    q.gptq_loss = r.gptq.loss;
+    q.details = {{"group_bits", r.allocation.bits}, {"groups_shifted", r.allocation.shifted},
+                 {"kl_scores", r.allocation.scores}, {"average_bits", r.average_bits}};
+  } else if (p.method == "obr-rtn" || p.method == "obr-gptq") {
+    if (q.salient != 0) fail_file(where, "site '{}': OBR quantizes every kept weight on one grid: no salient channels", s.name);
+    ObrOptions o;
+    o.sparsity = p.sparsity;
+    o.two_four = p.sparsity_pattern == "2:4";
+    o.gptq = p.method == "obr-gptq";
+    o.damp = g.damp;
+    o.block_size = g.block_size;
+    auto r = obr_quantize(w, h, p.weight_low, o);
+    q.weight = std::move(r.weight);
+    q.gptq_loss = r.loss;
+    q.details = {{"kept", r.keep.to(torch::kDouble).mean().item<double>()}};
   } else if (p.method == "gptq") {
-    if (!st || !st->xtx.defined()) fail_file(where, "site '{}': GPTQ needs a calibration Hessian", s.name);
-    auto h = site_stat(st->hessian(), true).to(torch::kFloat32).to(dev).index_select(0, q.perm).index_select(1, q.perm);
-    if (rot.defined()) h = torch::matmul(torch::matmul(rot.t(), h), rot);  // the Hessian of x·R
     GptqOptions o;
     o.low = p.weight_low;
     o.high = p.weight_high;
@@ -118,7 +151,8 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
     o.block_size = g.block_size;
     o.damp = g.damp;
     o.act_order = g.act_order;
-    o.sparsity = p.sparsity;
+    if (p.sparsity_pattern == "2:4") o.prune_n = 2, o.prune_m = 4;
+    else o.sparsity = p.sparsity;
     auto r = gptq_quantize(w, h, o);
     q.weight = std::move(r.weight);
     q.perm = q.perm.index_select(0, r.perm.to(dev));
@@ -237,11 +271,14 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
         passes.push_back(groups);
       double loss = 0;
       for (const auto& pass : passes) {
-        bool needs_stats = false;
+        bool needs_stats = false, needs_samples = false;
         for (const auto& g : pass)
-          for (auto* s : g) needs_stats = needs_stats || plan.sites.at(s->name).needs_statistics();
+          for (auto* s : g) {
+            needs_stats = needs_stats || plan.sites.at(s->name).needs_statistics();
+            needs_samples = needs_samples || plan.sites.at(s->name).needs_samples();
+          }
         std::unique_ptr<StatisticsCollector> stats;
-        if (needs_stats) stats = calib.observe(pass, hessian);
+        if (needs_stats) stats = calib.observe(pass, hessian, needs_samples ? kOutputScoreSampleStride : 0);
         for (const auto& g : pass)
           for (auto* s : g) loss += finish_site(*s, stats ? &stats->at(s->name) : nullptr);
       }

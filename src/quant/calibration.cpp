@@ -34,10 +34,11 @@ static std::vector<std::vector<LinearSite*>> singletons(const std::vector<Linear
   return groups;
 }
 
-StatisticsCollector::StatisticsCollector(const std::vector<LinearSite*>& sites, bool with_hessian)
-    : StatisticsCollector(singletons(sites), with_hessian) {}
+StatisticsCollector::StatisticsCollector(const std::vector<LinearSite*>& sites, bool with_hessian, int64_t sample_stride)
+    : StatisticsCollector(singletons(sites), with_hessian, sample_stride) {}
 
-StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> groups, bool with_hessian)
+StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> groups, bool with_hessian,
+                                         int64_t sample_stride)
     : stats_(std::make_shared<std::map<std::string, SiteStatistics>>()), with_hessian_(with_hessian) {
   auto stats = stats_;
   const bool hess = with_hessian_;
@@ -49,7 +50,7 @@ StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> g
         fail("sites '{}' and '{}' cannot share an input: widths differ", s->name, first->name);
       alias_[s->name] = first->name;
     }
-    handles_.push_back(first->add_observer([stats, hess](const LinearSite& site, const torch::Tensor& x) {
+    handles_.push_back(first->add_observer([stats, hess, sample_stride](const LinearSite& site, const torch::Tensor& x) {
       torch::NoGradGuard ng;
       const auto x2 = x.detach().reshape({-1, x.size(-1)}).to(torch::kFloat32);
       auto& st = (*stats)[site.name];
@@ -59,6 +60,14 @@ StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> g
       }
       st.abs_sum += x2.abs().sum(0).to(torch::kFloat64);
       if (hess) st.xtx += torch::matmul(x2.t(), x2).to(torch::kFloat64);
+      if (sample_stride > 0) {
+        // Rows rows, rows + stride, ... of the whole stream, whatever the batch boundaries.
+        const int64_t first_row = (sample_stride - st.rows % sample_stride) % sample_stride;
+        if (first_row < x2.size(0)) {
+          const auto picked = x2.slice(0, first_row, x2.size(0), sample_stride).clone();
+          st.samples = st.samples.defined() ? torch::cat({st.samples, picked}) : picked;
+        }
+      }
       st.rows += x2.size(0);
     }));
   }
@@ -76,8 +85,8 @@ const SiteStatistics& StatisticsCollector::at(const std::string& site) const {
 }
 
 std::unique_ptr<StatisticsCollector> BlockCalibration::observe(const std::vector<std::vector<LinearSite*>>& groups,
-                                                               bool with_hessian) {
-  auto stats = std::make_unique<StatisticsCollector>(groups, with_hessian);
+                                                               bool with_hessian, int64_t sample_stride) {
+  auto stats = std::make_unique<StatisticsCollector>(groups, with_hessian, sample_stride);
   // Ends each window's pass once every observed site has seen its input: the rest of the block
   // would be computed for nothing.
   std::vector<ObserverHandle> stops;

@@ -20,6 +20,9 @@ torch::Tensor sample_calibration_windows(const std::vector<int>& tokens, int n, 
 struct SiteStatistics {
   torch::Tensor abs_sum;  // [in] float64, sum of |x| per channel
   torch::Tensor xtx;      // [in, in] float64, sum of x x^T (undefined when not requested)
+  // [k, in] float32: every `sample_stride`-th input row, for methods that score a layer's outputs
+  // (SliM-LLM's KL); undefined when not requested.
+  torch::Tensor samples;
   int64_t rows = 0;       // tokens seen
 
   torch::Tensor mean_abs() const;  // [in] float64
@@ -30,9 +33,10 @@ struct SiteStatistics {
 // same input (q/k/v, gate/up) are given as one group: observed once, their statistics shared.
 class StatisticsCollector {
  public:
-  StatisticsCollector(std::vector<std::vector<LinearSite*>> shared_input_groups, bool with_hessian);
+  StatisticsCollector(std::vector<std::vector<LinearSite*>> shared_input_groups, bool with_hessian,
+                      int64_t sample_stride = 0);
   // Every site its own group.
-  StatisticsCollector(const std::vector<LinearSite*>& sites, bool with_hessian);
+  StatisticsCollector(const std::vector<LinearSite*>& sites, bool with_hessian, int64_t sample_stride = 0);
   ~StatisticsCollector();  // detaches
   StatisticsCollector(const StatisticsCollector&) = delete;
   StatisticsCollector& operator=(const StatisticsCollector&) = delete;
@@ -59,7 +63,8 @@ class BlockCalibration {
   int layer() const { return layer_; }
   // Runs the windows through the block until every site of `groups` has seen its input, and
   // returns their statistics (sites of one group share one input: observed once).
-  std::unique_ptr<StatisticsCollector> observe(const std::vector<std::vector<LinearSite*>>& groups, bool with_hessian);
+  std::unique_ptr<StatisticsCollector> observe(const std::vector<std::vector<LinearSite*>>& groups, bool with_hessian,
+                                               int64_t sample_stride = 0);
   // The block's input hidden states, batch by batch [b, T, hidden].
   const std::vector<torch::Tensor>& inputs() const { return hidden_; }
 

@@ -153,6 +153,15 @@ static torch::Tensor affine_group_columns(const std::vector<ColumnGroup>& groups
   return torch::tensor(idx, torch::kLong);
 }
 
+static bool same_groups(const std::vector<ColumnGroup>& a, const std::vector<ColumnGroup>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].col_begin != b[i].col_begin || a[i].col_end != b[i].col_end || a[i].bits != b[i].bits ||
+        a[i].symmetric != b[i].symmetric || a[i].codebook != b[i].codebook)
+      return false;
+  return true;
+}
+
 static nlohmann::json groups_to_json(const std::vector<ColumnGroup>& groups) {
   nlohmann::json j = nlohmann::json::array();
   for (const auto& g : groups)
@@ -236,7 +245,10 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
                     {"act_high", quant_spec_to_json(q.act_high)},
                     {"gptq_loss", q.gptq_loss}};
     if (q.sparsity > 0) layers[stem]["sparsity"] = q.sparsity;
-    if (q.weight.has_codebook()) layers[stem]["groups"] = groups_to_json(q.weight.groups);
+    if (!q.sparsity_pattern.empty()) layers[stem]["sparsity_pattern"] = q.sparsity_pattern;
+    // Layouts the quantizer specs do not determine (codebook groups, per-group widths) list them.
+    if (!same_groups(q.weight.groups, column_groups(q.in_features(), q.salient, q.weight_low, q.weight_high)))
+      layers[stem]["groups"] = groups_to_json(q.weight.groups);
     if (!q.transform.empty()) layers[stem]["transform"] = transform_to_json(q);
   }
   const Plan& plan = report.plan;
@@ -306,10 +318,10 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
     // Version 1 recorded the method for the whole checkpoint only.
     q.method = entry.value("method", qc.value("method", std::string("rtn")));
     q.sparsity = entry.value("sparsity", 0.0);
+    q.sparsity_pattern = entry.value("sparsity_pattern", std::string());
     if (entry.contains("transform")) transform_from_json(entry["transform"], q, where, "layer '" + stem + "'");
     if ((in - q.salient > 0 && !low.quantized()) || (q.salient > 0 && !high.quantized()))
       fail_file(where, "layer '{}': a partition with columns has no quantizer (bits 16)", stem);
-    // Layouts the quantizer specs do not determine (codebook groups) list their groups.
     q.weight.groups = entry.contains("groups") ? groups_from_json(entry["groups"], in, where, stem)
                                                : column_groups(in, q.salient, low, high);
     const int64_t n_groups = static_cast<int64_t>(q.weight.groups.size());

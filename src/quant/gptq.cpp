@@ -26,12 +26,30 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
   if (h_in.dim() != 2 || h_in.size(0) != cols || h_in.size(1) != cols)
     fail("GPTQ Hessian must be [{0}, {0}] for a weight with {0} columns", cols);
   if (o.block_size < 1) fail("GPTQ block size {} < 1", o.block_size);
-  const std::vector<ColumnGroup> groups = column_groups(cols, o.k_salient, o.low, o.high);
+  std::vector<ColumnGroup> groups = column_groups(cols, o.k_salient, o.low, o.high);
+  std::vector<QuantSpec> group_spec;
+  for (const auto& g : groups) group_spec.push_back(g.col_begin < n_low ? o.low : o.high);
+  if (!o.group_bits.empty()) {
+    if (o.k_salient != 0) fail("GPTQ: per-group bit widths need k_salient = 0");
+    groups = column_groups(cols, 0, o.low, o.low);
+    if (groups.size() != o.group_bits.size())
+      fail("GPTQ: {} per-group bit widths for {} column groups", o.group_bits.size(), groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) {
+      group_spec[g].bits = groups[g].bits = o.group_bits[g];
+      validate(group_spec[g]);
+      groups[g].symmetric = o.group_bits[g] == 1 ? !o.low.binary_centered : o.low.symmetric;
+    }
+  }
   for (const auto& g : groups)
     if (g.bits >= 16) fail("GPTQ cannot leave columns unquantized ({} bits)", g.bits);
   if (!(o.sparsity >= 0 && o.sparsity < 1)) fail("SparseGPT sparsity {} is outside [0, 1)", o.sparsity);
-  if (o.sparsity > 0 && (o.low.bits == 1 || (o.k_salient > 0 && o.high.bits == 1)))
-    fail("SparseGPT needs a quantizer that represents zero: 1-bit columns cannot be pruned");
+  const bool prunes = o.sparsity > 0 || o.prune_n > 0 || o.keep.defined();
+  if (int(o.sparsity > 0) + int(o.prune_n > 0) + int(o.keep.defined()) > 1)
+    fail("GPTQ prunes by one rule: a sparsity, an n:m pattern or a fixed mask");
+  if (o.prune_n > 0 && !(o.prune_m > o.prune_n)) fail("n:m sparsity needs 0 < n < m, got {}:{}", o.prune_n, o.prune_m);
+  if (o.keep.defined() && !o.keep.sizes().equals(w_in.sizes())) fail("GPTQ's keep mask must have W's shape");
+  for (const auto& g : groups)
+    if (prunes && g.bits == 1) fail("SparseGPT needs a quantizer that represents zero: 1-bit columns cannot be pruned");
 
   torch::NoGradGuard no_grad;
   const auto dtype = w_in.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
@@ -51,6 +69,8 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
     W = W.index_select(1, perm);
     H = H.index_select(0, perm).index_select(1, perm);
   }
+  // Rows are columns here, as Wt below.
+  const Tensor pruned_t = o.keep.defined() ? o.keep.to(W.device()).index_select(1, perm).logical_not().t().contiguous() : Tensor();
   H.diagonal().add_(o.damp * H.diagonal().mean());
 
   // Row j of U (upper Cholesky of H^-1) is row j of the inverse Hessian restricted to the columns
@@ -75,6 +95,8 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
     // SparseGPT: the block's weights of lowest saliency w² / U_jj² (U_jj² = [H⁻¹]_jj as column j is
     // reached), exactly round(sparsity · numel) of them, pruned (ties: the stable sort's order).
     Tensor pruned1;
+    if (pruned_t.defined()) pruned1 = pruned_t.narrow(0, i1, count);
+    if (o.prune_n > 0) pruned1 = torch::zeros({count, rows}, W1.options().dtype(torch::kBool));
     if (o.sparsity > 0) {
       const Tensor score = W1.square() / U1.diagonal().square().unsqueeze(1);  // [count, rows]
       const int64_t k = std::llround(o.sparsity * double(score.numel()));
@@ -95,9 +117,17 @@ GptqResult gptq_quantize(const Tensor& w_in, const Tensor& h_in, const GptqOptio
 
     for (int64_t i = 0; i < count; ++i) {
       const int64_t c = i1 + i;
+      if (o.prune_n > 0 && (c % o.prune_m) == 0) {
+        // The n of lowest w² / U_jj² in each row among columns [c, c + m) (SparseGPT's n:m).
+        const int64_t m = std::min<int64_t>(o.prune_m, i2 - c);
+        const Tensor score = W1.narrow(0, i, m).square() / U1.diagonal().narrow(0, i, m).square().unsqueeze(1);
+        if (m > o.prune_n)
+          pruned1.narrow(0, i, m).scatter_(0, std::get<1>(score.topk(o.prune_n, 0, /*largest=*/false)), true);
+      }
       if (next_group < groups.size() && groups[next_group].col_begin == c) {
-        spec = c < n_low ? &o.low : &o.high;
-        params = find_params(current(c, groups[next_group].col_end), *spec);
+        spec = &group_spec[next_group];
+        const Tensor columns = current(c, groups[next_group].col_end);
+        params = o.fit ? o.fit(columns, *spec) : find_params(columns, *spec);
         params = {params.scale.squeeze(1), params.zero.squeeze(1)};
         scales.select(1, static_cast<int64_t>(next_group)).copy_(params.scale);
         zeros.select(1, static_cast<int64_t>(next_group)).copy_(params.zero);

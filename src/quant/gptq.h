@@ -10,6 +10,9 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+#include <vector>
+
 #include "quant/quantizer.h"
 
 namespace toga {
@@ -24,6 +27,18 @@ struct GptqOptions {
   // SparseGPT: unstructured fraction of each block's weights set to zero (0 = plain GPTQ). The mask
   // depends on block_size, as in SparseGPT.
   double sparsity = 0;
+  // SparseGPT's n:m pattern instead (e.g. 2:4): in every m consecutive columns of a row the n of
+  // lowest saliency are pruned, chosen when the pass reaches the first of them. 0 = off.
+  int prune_n = 0, prune_m = 0;
+  // A fixed mask instead (bool [out, in], W's column order; OBR's Wanda mask): weights where it is
+  // false are quantized as 0 and their error propagates like any other.
+  torch::Tensor keep;
+  // SliM-LLM's per-group widths: the columns split in groups of low.group_size, group g quantized
+  // at group_bits[g] bits (low's other settings; 1 bit = binarization). Needs k_salient = 0.
+  std::vector<int> group_bits;
+  // Fits a group's scale and zero on its columns as the pass reaches them ([rows, group width]);
+  // empty = find_params (SliM-LLM's range search and OBR's dense-fitted grid plug in here).
+  std::function<GroupParams(const torch::Tensor& columns, const QuantSpec& spec)> fit;
 };
 
 struct GptqResult {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "quant/gptq.h"
 #include "util/error.h"
 
 namespace toga {
@@ -59,6 +60,43 @@ Tensor obr_compensate(const Tensor& w_in, const Tensor& h_in, const Tensor& mask
     out[c] = w;
   }
   return out.to(w_in.scalar_type());
+}
+
+ObrResult obr_quantize(const Tensor& w_in, const Tensor& h_in, const QuantSpec& spec, const ObrOptions& o) {
+  if (w_in.dim() != 2 || h_in.dim() != 2 || h_in.size(0) != w_in.size(1) || h_in.size(1) != w_in.size(1))
+    fail("OBR needs W [out, in] and H [in, in]");
+  torch::NoGradGuard no_grad;
+  const int64_t in = w_in.size(1), split = std::llround(o.alpha * double(in));
+  Tensor W = w_in.detach().to(torch::kFloat64).clone();
+  Tensor H = h_in.detach().to(W.device(), torch::kFloat64).clone();
+  const Tensor wanda_stat = H.diagonal() / 2;  // mean x_j²
+  const Tensor dead = H.diagonal() == 0;  // as GPTQ: an input that never fired carries nothing
+  H.diagonal().masked_fill_(dead, 1.0);
+  W.masked_fill_(dead.unsqueeze(0), 0.0);
+  H.diagonal().add_(o.damp * H.diagonal().mean());
+
+  ObrResult r;
+  r.keep = wanda_mask(W, wanda_stat, o.sparsity, o.two_four);
+  const Tensor compensated = obr_compensate(W, H, r.keep, spec, o.alpha) * r.keep.to(torch::kFloat64);
+  const GroupParams dense = find_params(W, spec);  // the grid obr_compensate quantized with
+  Tensor codes = quantize_codes(compensated, dense, spec);
+  if (o.gptq && split < in) {
+    GptqOptions g;
+    g.low = g.high = spec;
+    g.block_size = o.block_size;
+    g.damp = 0;  // H is damped already
+    g.keep = r.keep.narrow(1, split, in - split);
+    g.fit = [&dense](const Tensor&, const QuantSpec&) { return dense; };
+    const Tensor rest = H.narrow(0, split, in - split).narrow(1, split, in - split);
+    codes.narrow(1, split, in - split).copy_(gptq_quantize(compensated.narrow(1, split, in - split), rest, g).weight.codes);
+  }
+  r.weight.codes = codes.to(torch::kChar);
+  r.weight.scales = dense.scale.to(torch::kFloat32);
+  r.weight.zeros = dense.zero.to(torch::kFloat32);
+  r.weight.groups = column_groups(in, 0, spec, spec);
+  const Tensor diff = W - dequantize(r.weight).to(torch::kFloat64);
+  r.loss = 0.5 * torch::trace(diff.matmul(H).matmul(diff.t())).item<double>();
+  return r;
 }
 
 }  // namespace toga

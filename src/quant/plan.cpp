@@ -1,5 +1,6 @@
 #include "quant/plan.h"
 
+#include <algorithm>
 #include <set>
 
 #include "quant/transforms.h"
@@ -52,6 +53,32 @@ void transform_from_json(const nlohmann::json& t, SiteScheme& s, const std::stri
     fail_file(where, "{}: transform mode '{}' is not supported (only \"online\" input transforms)", what, mode);
 }
 
+const std::vector<std::string>& weight_methods() {
+  static const std::vector<std::string> methods = {"rtn", "gptq", "billm", "slim-llm", "obr-rtn", "obr-gptq"};
+  return methods;
+}
+
+bool is_weight_method(const std::string& m) {
+  const auto& all = weight_methods();
+  return std::find(all.begin(), all.end(), m) != all.end();
+}
+
+bool method_prunes(const std::string& m) { return m == "gptq" || m == "obr-rtn" || m == "obr-gptq"; }
+
+void validate_scheme(const SiteScheme& s, const std::string& where) {
+  if (!is_weight_method(s.method)) {
+    std::string known;
+    for (const auto& m : weight_methods()) known += (known.empty() ? "" : ", ") + m;
+    fail("{}: weight method '{}' is not one of {}", where, s.method, known);
+  }
+  if (!(s.sparsity >= 0 && s.sparsity < 1)) fail("{}: sparsity {} is outside [0, 1)", where, s.sparsity);
+  if (!s.sparsity_pattern.empty() && s.sparsity_pattern != "2:4")
+    fail("{}: sparsity pattern '{}' is not '2:4' (or empty for unstructured)", where, s.sparsity_pattern);
+  if (s.sparsity_pattern == "2:4" && s.sparsity != 0.5) fail("{}: a 2:4 pattern prunes half: sparsity must be 0.5", where);
+  if (s.sparsity > 0 && !method_prunes(s.method))
+    fail("{}: sparsity needs a pruning weight method (gptq = SparseGPT, obr-rtn, obr-gptq), not '{}'", where, s.method);
+}
+
 namespace {
 
 nlohmann::json site_to_json(const SitePlan& s) {
@@ -66,16 +93,18 @@ nlohmann::json site_to_json(const SitePlan& s) {
   j["act"] = {{"low", quant_spec_to_json(s.act_low)}, {"high", quant_spec_to_json(s.act_high)}};
   if (!s.transform.empty()) j["transform"] = transform_to_json(s);
   if (s.sparsity > 0) j["sparsity"] = s.sparsity;
+  if (!s.sparsity_pattern.empty()) j["sparsity_pattern"] = s.sparsity_pattern;
   return j;
 }
 
-const std::set<std::string> kSiteKeys = {"order", "salient", "method", "weight", "act", "transform", "sparsity"};
+const std::set<std::string> kSiteKeys = {"order", "salient", "method", "weight", "act", "transform", "sparsity",
+                                         "sparsity_pattern"};
 
 SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const std::string& site) {
   const std::string what = "site '" + site + "'";
   if (!j.is_object()) fail_file(where, "{}: expected an object", what);
   for (const auto& [k, v] : j.items())
-    if (!kSiteKeys.count(k)) fail_file(where, "{}: unknown key '{}' (known: order, salient, method, weight, act, transform, sparsity)", what, k);
+    if (!kSiteKeys.count(k)) fail_file(where, "{}: unknown key '{}' (known: order, salient, method, weight, act, transform, sparsity, sparsity_pattern)", what, k);
   SitePlan s;
   if (j.contains("order")) {
     const auto& o = j["order"];
@@ -105,8 +134,6 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
   }
   if (j.contains("method")) {
     s.method = j["method"].is_string() ? j["method"].get<std::string>() : "";
-    if (s.method != "rtn" && s.method != "gptq" && s.method != "billm")
-      fail_file(where, "{}: method must be 'rtn', 'gptq' or 'billm'", what);
   }
   auto specs = [&](const char* key, QuantSpec& low, QuantSpec& high) {
     if (!j.contains(key)) return;
@@ -122,8 +149,12 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
     if (!j["sparsity"].is_number() || !(j["sparsity"].get<double>() >= 0 && j["sparsity"].get<double>() < 1))
       fail_file(where, "{}: sparsity must be a number in [0, 1)", what);
     s.sparsity = j["sparsity"].get<double>();
-    if (s.sparsity > 0 && s.method != "gptq") fail_file(where, "{}: sparsity (SparseGPT) needs method 'gptq'", what);
   }
+  if (j.contains("sparsity_pattern")) {
+    if (!j["sparsity_pattern"].is_string()) fail_file(where, "{}: sparsity_pattern must be a string", what);
+    s.sparsity_pattern = j["sparsity_pattern"].get<std::string>();
+  }
+  validate_scheme(s, where + ": " + what);
   return s;
 }
 
@@ -363,6 +394,11 @@ void validate_plan(const Plan& plan_in, const Model& model, const std::string& w
       if (!weight && q.quantized() && q.bits < 2)
         fail_file(where, "{} {} bits {}: activations need at least 2 bits", w, what, q.bits);
     };
+    try {
+      validate_scheme(s, w);
+    } catch (const Error& e) {
+      fail_file(where, "{}", e.what());
+    }
     storable(s.weight_low, true, "weight.low");
     const bool has_salient = s.salient.defined() ? s.salient.numel() > 0 : s.salient_count > 0 || s.salient_fraction > 0;
     if (has_salient) storable(s.weight_high, true, "weight.high");

@@ -25,16 +25,26 @@ namespace toga {
 // How one site's weights and inputs are quantized: what a Plan asks for and what a checkpoint stores
 // per layer (QuantizedLinear), so the two are copied as one.
 struct SiteScheme {
-  std::string method = "rtn";  // weight quantizer: "rtn" | "gptq"
+  std::string method = "rtn";  // weight quantizer: one of weight_methods()
   QuantSpec weight_low{4, true, 0}, weight_high{8, true, 0};
   QuantSpec act_low{16}, act_high{16};  // bits 16 = weight-only
   // Online orthogonal input transform (quant/transforms.h): "" | "hadamard" | "rotation", applied
   // to the stored-order input inside each salient partition; the weight is quantized as W·R.
   std::string transform;
   uint64_t transform_seed = 0;
-  // SparseGPT: unstructured fraction of the weights pruned inside the GPTQ pass (method gptq).
+  // Fraction of the weights pruned: inside the GPTQ pass (gptq: SparseGPT) or by Wanda's score
+  // before it (obr-rtn, obr-gptq); with sparsity_pattern "2:4", 2 of every 4 columns of each row.
   double sparsity = 0;
+  std::string sparsity_pattern;  // "" (unstructured) | "2:4"
 };
+
+// The weight quantizers a site can name: rtn, gptq (SparseGPT with a sparsity), billm, slim-llm,
+// obr-rtn, obr-gptq; and whether one prunes (takes a sparsity).
+const std::vector<std::string>& weight_methods();
+bool is_weight_method(const std::string& m);
+bool method_prunes(const std::string& m);
+// The Plan-level checks of a scheme's method, sparsity and pattern; errors name `where`.
+void validate_scheme(const SiteScheme& s, const std::string& where);
 
 // The JSON of a transform, {"kind", "seed", "mode": "online"}, as Plans and checkpoints write it
 // (null when there is none), and its reader, which names `where` and `what` in its errors.
@@ -54,7 +64,8 @@ struct SitePlan : SiteScheme {
   double salient_fraction = 0.0;
 
   bool needs_statistics() const { return order_rule == "mean_abs" || needs_hessian(); }
-  bool needs_hessian() const { return method == "gptq" || method == "billm"; }
+  bool needs_hessian() const { return method != "rtn"; }
+  bool needs_samples() const { return method == "slim-llm"; }
 };
 
 struct GptqSettings {

@@ -26,6 +26,7 @@ nlohmann::json QuantizeOptions::to_json() const {
           {"online_transform", online_transform},
           {"rotation_steps", rotation_steps},
           {"sparsity", sparsity},
+          {"sparsity_pattern", sparsity_pattern},
           {"damp", gptq.damp},
           {"block_size", gptq.block_size},
           {"act_order", gptq.act_order},
@@ -43,14 +44,12 @@ SitePlan base_site(const QuantizeOptions& o) {
   s.act_high = o.act_high;
   s.order_rule = o.reorder ? "mean_abs" : "";
   s.sparsity = o.sparsity;
+  s.sparsity_pattern = o.sparsity_pattern;
   return s;
 }
 
 Plan plan_shell(const QuantizeOptions& o, const std::string& recipe) {
-  if (o.method != "rtn" && o.method != "gptq" && o.method != "billm")
-    fail("weight quantizer must be rtn, gptq or billm, got '{}'", o.method);
-  if (!(o.sparsity >= 0 && o.sparsity < 1)) fail("sparsity {} is outside [0, 1)", o.sparsity);
-  if (o.sparsity > 0 && o.method != "gptq") fail("sparsity (SparseGPT) prunes inside GPTQ: it needs the gptq weight quantizer");
+  validate_scheme(base_site(o), "recipe " + recipe);
   Plan p;
   p.recipe = recipe;
   p.kv = o.kv;
@@ -87,12 +86,63 @@ QuantizeOptions billm_defaults() {
   return o;
 }
 
-Plan billm_plan(const Model& m, const QuantizeOptions& o) {
+void billm_check(const QuantizeOptions& o) {
   if (o.method != "billm" || o.weight_low.bits != 1 || o.act_low.quantized() || o.salient_fraction > 0 ||
       !o.salient_counts.empty() || o.reorder || o.sparsity > 0)
     fail("--method billm is BiLLM's own 1-bit weight-only scheme: it takes no --wbits, --abits, salient, reorder or "
          "sparsity flags");
+}
+
+Plan billm_plan(const Model& m, const QuantizeOptions& o) {
+  billm_check(o);
   return uniform_plan(m, o, "billm");
+}
+
+// SliM-LLM (BASELINES.md §4): per-group 1/2/3 bits around the target (2 or 3) by Hessian salience and
+// an output-KL search, GPTQ with SQC's range search; asymmetric groups of 128, weight-only, KV16.
+QuantizeOptions slim_llm_defaults() {
+  QuantizeOptions o;
+  o.method = "slim-llm";
+  o.reorder = false;
+  o.weight_low = {2, false, 128};
+  return o;
+}
+
+void slim_llm_check(const QuantizeOptions& o) {
+  if (o.act_low.quantized() || o.salient_fraction > 0 || !o.salient_counts.empty() || o.reorder || o.sparsity > 0)
+    fail("--method slim-llm is SliM-LLM's weight-only per-group scheme: it takes --wbits (2..7) and --group-size, no "
+         "--abits, salient, reorder or sparsity flags");
+  if (o.weight_low.bits < 2 || o.weight_low.bits > 7)
+    fail("--method slim-llm allocates b − 1, b and b + 1 bits: --wbits must be 2..7, got {}", o.weight_low.bits);
+}
+
+Plan slim_llm_plan(const Model& m, const QuantizeOptions& o) {
+  slim_llm_check(o);
+  return uniform_plan(m, o, "slim-llm");
+}
+
+// OBR (BASELINES.md §5) on SpinQuant's front end (QuaRot's per-head Hadamard has no 9-wide
+// construction for SmolLM2): learned R1/R2, online Hadamard on down_proj, W4 per channel with
+// w_clip, A4 per token, KV4; Wanda 50 % (or --sparsity-pattern 2:4), OBR's compensation, then
+// GPTQ after the split (obr) or RTN (obr-rtn).
+QuantizeOptions obr_defaults(const std::string& method) {
+  QuantizeOptions o = spinquant_defaults();
+  o.method = method;
+  o.sparsity = 0.5;
+  return o;
+}
+
+void obr_check(const QuantizeOptions& o) {
+  if (o.method != "obr-gptq" && o.method != "obr-rtn") fail("OBR's weight method is obr-gptq or obr-rtn, got '{}'", o.method);
+  if (o.weight_low.group_size != 0) fail("OBR quantizes weights per output channel: --group-size must be 0");
+  if (o.salient_fraction > 0 || !o.salient_counts.empty()) fail("OBR keeps no salient channels");
+}
+
+Plan obr_plan(const Model& m, const QuantizeOptions& o) {
+  obr_check(o);
+  Plan p = spinquant_plan(m, o);
+  p.recipe = o.method == "obr-gptq" ? "obr" : "obr-rtn";
+  return p;
 }
 
 struct Registry {
@@ -127,7 +177,17 @@ struct Registry {
     recipes["billm"] = {"billm",
                         "BiLLM: 1-bit weights, Hessian-salient columns binarized twice, the rest split at a break "
                         "point into two binarized groups, block-wise error compensation (codebook storage)",
-                        billm_defaults, billm_plan};
+                        billm_defaults, billm_plan, nullptr, billm_check};
+    recipes["slim-llm"] = {"slim-llm",
+                           "SliM-LLM: per-group bit widths around --wbits (Hessian salience, output-KL search), GPTQ "
+                           "with an L2.4 range search, asymmetric g128, weight-only",
+                           slim_llm_defaults, slim_llm_plan, nullptr, slim_llm_check};
+    recipes["obr"] = {"obr",
+                      "OBR-GPTQ on SpinQuant's front end: Wanda 50% (or 2:4), closed-form compensation of the pruning and "
+                      "first-half quantization errors, GPTQ on the rest with pruned weights held at 0; W4A4KV4",
+                      [] { return obr_defaults("obr-gptq"); }, obr_plan, spinquant_prepare, obr_check};
+    recipes["obr-rtn"] = {"obr-rtn", "OBR-RTN: as obr, with round to nearest after the compensation",
+                          [] { return obr_defaults("obr-rtn"); }, obr_plan, spinquant_prepare, obr_check};
     recipes["resq"] = {"resq",
                        "ResQ: PCA bases folded into the weights (top-variance 1/8 at INT8, the rest INT4, W and A), online "
                        "Hadamard on down_proj, GPTQ, KV4",

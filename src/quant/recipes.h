@@ -17,7 +17,7 @@ namespace toga {
 
 // The options every fixed-precision recipe shares (the `toga quantize` flags).
 struct QuantizeOptions {
-  std::string method = "rtn";  // weight quantizer: "rtn" | "gptq"
+  std::string method = "rtn";  // weight quantizer: one of weight_methods() (quant/plan.h)
   QuantSpec weight_low{4, true, 0};
   QuantSpec weight_high{8, true, 0};
   QuantSpec act_low{16};       // bits 16 = weight-only
@@ -26,7 +26,8 @@ struct QuantizeOptions {
   double salient_fraction = 0.0;                  // k = round(fraction * in_features) ...
   std::map<std::string, int64_t> salient_counts;  // ... unless a site is listed here
   bool reorder = true;         // sort input channels by mean |x| so the salient ones are last
-  double sparsity = 0;         // SparseGPT's unstructured sparsity inside GPTQ (method gptq)
+  double sparsity = 0;         // pruned fraction: SparseGPT's inside GPTQ (method gptq), OBR's by Wanda
+  std::string sparsity_pattern;  // "" (unstructured) | "2:4"
   // Rotation methods' online transforms (ResQ's down_proj input): "hadamard" (refused at a width
   // quant/hadamard.h cannot build) or "rotation" (random orthogonal, any width).
   std::string online_transform = "hadamard";
@@ -48,6 +49,9 @@ struct Recipe {
   // statistics, e.g. ResQ): called with the calibration windows; returns its provenance. Empty for
   // the others.
   std::function<nlohmann::json(Model&, const torch::Tensor&, const QuantizeOptions&)> prepare;
+  // Refuses option combinations the method cannot honour, before any model is loaded or prepared
+  // (make calls it too). Empty: anything uniform_plan accepts.
+  std::function<void(const QuantizeOptions&)> check;
 };
 
 void register_recipe(Recipe r);

@@ -119,3 +119,23 @@ TEST(QuantizeCli, BillmReportsItsBitsThreeWaysAndRefusesOtherBits) {
   EXPECT_NE(r.output.find("BiLLM's own 1-bit"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "b2"));
 }
+
+TEST(QuantizeCli, SlimLlmAndObrRefuseWhatTheyCannotHonour) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  auto r = run_toga("quantize " + stories260k_path() + " " + dir / "s1" + " --method slim-llm --wbits 1" + kCalib);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--wbits must be 2..7"), std::string::npos) << r.output;
+  r = run_toga("quantize " + stories260k_path() + " " + dir / "s2" + " --method slim-llm --abits 4" + kCalib);
+  EXPECT_NE(r.output.find("weight-only"), std::string::npos) << r.output;
+  r = run_toga("quantize " + stories260k_path() + " " + dir / "o1" + " --method obr --group-size 32" + kCalib);
+  EXPECT_NE(r.output.find("per output channel"), std::string::npos) << r.output;
+  r = run_toga("quantize " + stories260k_path() + " " + dir / "o2" + " --method obr --sparsity-pattern 3:4" + kCalib);
+  EXPECT_NE(r.output.find("unstructured or 2:4"), std::string::npos) << r.output;
+  r = run_toga("quantize " + stories260k_path() + " " + dir / "r1" + " --method rtn --sparsity 0.5" + kCalib);
+  EXPECT_NE(r.output.find("sparsity needs a pruning weight method"), std::string::npos) << r.output;
+  // Stories260K's 172-wide down_proj input has no Hadamard matrix: OBR's front end says so.
+  r = run_toga("quantize " + stories260k_path() + " " + dir / "o3" + " --method obr --rotation-steps 1" + kCalib);
+  EXPECT_NE(r.output.find("width 172"), std::string::npos) << r.output;
+  for (const char* d : {"s1", "s2", "o1", "o2", "r1", "o3"}) EXPECT_FALSE(std::filesystem::exists(dir / d)) << d;
+}

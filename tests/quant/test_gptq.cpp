@@ -73,13 +73,27 @@ Naive naive_gptq(const Tensor& w_in, const Tensor& h_in, const GptqOptions& o) {
       const Tensor ranked = torch::argsort(score.t().flatten(), true);
       pruned = torch::zeros({score.numel()}, torch::kBool).index_fill_(0, ranked.narrow(0, 0, k), true).view({end - j, -1}).t();
     }
+    if (o.prune_n > 0 && j % o.prune_m == 0) {
+      // n:m: the n lowest w² / d_c per row among columns [j, j + m).
+      const int64_t end = std::min(j + o.prune_m, cols);
+      Tensor d = torch::empty({end - j}, torch::kDouble);
+      for (int64_t c = j; c < end; ++c) d[c - j] = torch::inverse(H.index({Slice(c, None), Slice(c, None)}))[0][0];
+      const Tensor score = W.index({Slice(), Slice(j, end)}).square() / d.unsqueeze(0);
+      pruned = torch::zeros_like(score, torch::kBool).scatter_(1, std::get<1>(score.topk(o.prune_n, 1, false)), true);
+    }
     const bool salient = j >= n_low;
-    const QuantSpec& s = salient ? o.high : o.low;
+    QuantSpec s = salient ? o.high : o.low;
+    if (!o.group_bits.empty()) s.bits = o.group_bits[size_t(j / o.low.group_size)];
     const int64_t start = salient ? n_low : 0;
     const int64_t size = s.group_size > 0 ? s.group_size : (salient ? cols - n_low : n_low);
-    if ((j - start) % size == 0) p = find_params(W.index({Slice(), Slice(j, std::min(j + size, salient ? cols : n_low))}), s);
+    if ((j - start) % size == 0) {
+      const Tensor columns = W.index({Slice(), Slice(j, std::min(j + size, salient ? cols : n_low))});
+      p = o.fit ? o.fit(columns, s) : find_params(columns, s);
+    }
     const Tensor w = W.index({Slice(), j}).clone();
-    const Tensor kept = o.sparsity > 0 ? w.masked_fill(pruned.index({Slice(), j % o.block_size}), 0.0) : w;
+    Tensor kept = o.sparsity > 0 ? w.masked_fill(pruned.index({Slice(), j % o.block_size}), 0.0) : w;
+    if (o.prune_n > 0) kept = w.masked_fill(pruned.index({Slice(), j % o.prune_m}), 0.0);
+    if (o.keep.defined()) kept = w.masked_fill(o.keep.index({Slice(), j}).logical_not(), 0.0);
     const Tensor code = quantize_codes(kept.unsqueeze(1), p, s);
     const Tensor q = (p.scale * (code - p.zero)).squeeze(1);
     const double d = Hinv[j][j].item<double>();
@@ -164,6 +178,50 @@ TEST(Gptq, SparseGptMatchesNaiveFloat64Reference) {
   EXPECT_LT(((W - q8).mm(H) * (W - q8)).sum().item<double>(), 0.8 * ((W - masked).mm(H) * (W - masked)).sum().item<double>());
   o.low = spec(1, true);
   EXPECT_THROW(gptq_quantize(W, H, o), Error);
+}
+
+// The other pruning rules and SliM-LLM's per-group widths against the same naive loop: SparseGPT's
+// 2:4 (two zeros in every four columns of a row), a fixed keep mask (OBR's), per-group bit widths
+// (1-bit groups binarized) and a custom range fit.
+TEST(Gptq, NmFixedMaskAndPerGroupWidthsMatchNaiveFloat64Reference) {
+  torch::manual_seed(24);
+  const Tensor W = torch::randn({12, 40}, torch::kDouble);
+  const Tensor H = hessian(correlated_inputs(40, 200, 25));
+  auto check = [&](const GptqOptions& o, const char* what) {
+    const Naive ref = naive_gptq(W, H, o);
+    const GptqResult r = gptq_quantize(W, H, o);
+    EXPECT_TRUE(torch::equal(r.weight.codes.to(torch::kDouble), ref.codes)) << what;
+    EXPECT_TRUE(torch::allclose(dequantize(r.weight), ref.q, 1e-10, 1e-10)) << what;
+    return dequantize(r.weight);
+  };
+  GptqOptions o;
+  o.block_size = 16;
+  o.low = spec(4, true);
+  o.prune_n = 2, o.prune_m = 4;
+  const Tensor q24 = check(o, "2:4");
+  EXPECT_TRUE(((q24.reshape({12, 10, 4}) == 0).sum(-1) >= 2).all().item<bool>());
+  o.prune_n = o.prune_m = 0;
+  o.keep = torch::rand({12, 40}) > 0.5;
+  const Tensor qk = check(o, "keep mask");
+  EXPECT_TRUE((qk.masked_select(o.keep.logical_not()) == 0).all().item<bool>());
+  o.keep = torch::Tensor();
+  o.low = spec(2, false, 8);
+  o.low.binary_centered = true;
+  o.group_bits = {1, 2, 3, 2, 3};
+  const GptqResult widths = gptq_quantize(W, H, o);
+  for (size_t g = 0; g < 5; ++g) EXPECT_EQ(widths.weight.groups[g].bits, o.group_bits[g]);
+  check(o, "per-group widths");
+  o.fit = [](const Tensor& x, const QuantSpec& s) {
+    GroupParams p = find_params(x, s);
+    if (s.bits > 1) p.scale = p.scale * 0.9;
+    return p;
+  };
+  check(o, "custom fit");
+  o.group_bits = {1, 2};
+  EXPECT_THROW(gptq_quantize(W, H, o), Error);
+  o.group_bits.clear();
+  o.prune_n = 2, o.prune_m = 4, o.sparsity = 0.5;
+  EXPECT_THROW(gptq_quantize(W, H, o), Error) << "one pruning rule at a time";
 }
 
 // Blocked, lazily updated GPTQ with the Cholesky trick computes exactly what the naive OBQ loop does.

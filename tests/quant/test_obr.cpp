@@ -64,3 +64,42 @@ TEST(Obr, CompensationsAreTheLeastSquaresSolutions) {
   const double plain = X.matmul((W - W * mask).t()).pow(2).sum().item<double>();
   EXPECT_LT(X.matmul((W - pruned).t()).pow(2).sum().item<double>(), plain);
 }
+
+// The whole OBR step: Wanda's fraction kept per row, pruned weights exactly zero, every value on the
+// dense-fitted per-row grid; OBR-RTN is the rounding of the compensated weights on that grid; OBR-GPTQ
+// rounds the columns before the split the same way and has the lower output loss; 2:4 holds.
+TEST(Obr, QuantizeHoldsPrunedWeightsAtZeroAndGptqBeatsRtn) {
+  torch::manual_seed(3);
+  const int64_t n = 400, in = 32, rows = 8;
+  const Tensor X = torch::randn({n, in}, torch::kFloat64).matmul(torch::randn({in, in}, torch::kFloat64) * 0.4 +
+                                                                 torch::eye(in, torch::kFloat64));
+  const Tensor H = 2.0 / n * X.t().matmul(X);
+  const Tensor W = torch::randn({rows, in}, torch::kFloat64);
+  QuantSpec spec{4, true, 0};
+  spec.mse_clip = true;
+  ObrOptions o;
+  o.gptq = false;
+  const ObrResult rtn = obr_quantize(W, H, spec, o);
+  o.gptq = true;
+  o.block_size = 8;
+  const ObrResult gptq = obr_quantize(W, H, spec, o);
+  EXPECT_TRUE(torch::equal(rtn.keep, gptq.keep));
+  EXPECT_TRUE(torch::equal(rtn.keep.sum(1), torch::full({rows}, in / 2, torch::kLong)));
+  const Tensor q_rtn = dequantize(rtn.weight).to(torch::kFloat64), q_gptq = dequantize(gptq.weight).to(torch::kFloat64);
+  for (const Tensor& q : {q_rtn, q_gptq}) EXPECT_TRUE((q.masked_select(rtn.keep.logical_not()) == 0).all().item<bool>());
+  // OBR-RTN = round(compensated) on the grid fitted on the dense W.
+  Tensor Hd = H.clone();
+  Hd.diagonal().add_(0.01 * H.diagonal().mean());
+  const Tensor comp = obr_compensate(W, Hd, rtn.keep, spec, 0.5) * rtn.keep.to(torch::kFloat64);
+  const GroupParams dense = find_params(W, spec);
+  EXPECT_TRUE(torch::equal(rtn.weight.codes.to(torch::kFloat64), quantize_codes(comp, dense, spec)));
+  EXPECT_TRUE(torch::equal(gptq.weight.codes.narrow(1, 0, in / 2), rtn.weight.codes.narrow(1, 0, in / 2)));
+  EXPECT_FALSE(torch::equal(gptq.weight.codes, rtn.weight.codes));
+  EXPECT_LT(gptq.loss, rtn.loss);
+  auto loss = [&](const Tensor& q) { return 0.5 * torch::trace((W - q).matmul(Hd).matmul((W - q).t())).item<double>(); };
+  EXPECT_NEAR(gptq.loss, loss(q_gptq), 1e-4 * gptq.loss) << "fp32 scales";
+  o.two_four = true;
+  const ObrResult t = obr_quantize(W, H, spec, o);
+  EXPECT_TRUE(((dequantize(t.weight).reshape({rows, in / 4, 4}) == 0).sum(-1) >= 2).all().item<bool>());
+  EXPECT_THROW(obr_quantize(W, H, QuantSpec{4, true, 8}, o), Error) << "OBR's grid is per channel";
+}

@@ -217,6 +217,61 @@ TEST(QuantizedFormat, BillmCodebookCheckpointRoundTripsBitExactly) {
   }()), Error);
 }
 
+// SliM-LLM's per-group widths (groups of 16: four per 64-wide input, eleven per 172-wide one) and
+// OBR's pruned 4-bit codes on SpinQuant's rotated front end (and SparseGPT 2:4 there) load back to
+// the same model: the checkpoint lists groups whose widths the specs do not give.
+TEST(QuantizedFormat, SlimLlmObrAndTwoFourCheckpointsRoundTripBitExactly) {
+  TOGA_REQUIRE_FILE(stories260k_path());
+  ScratchDir dir;
+  for (const std::string method : {"slim-llm", "obr", "obr-rtn", "spinquant-2:4"}) {
+    auto s = load_stories(4, 128);
+    const std::string recipe_name = method == "spinquant-2:4" ? "spinquant" : method;
+    const Recipe& recipe = find_recipe(recipe_name);
+    QuantizeOptions o = recipe.defaults();
+    o.progress = false;
+    o.rotation_steps = 2;
+    o.online_transform = "rotation";  // 172 has no Hadamard construction
+    if (method == "slim-llm") o.weight_low.group_size = 16;
+    if (method == "spinquant-2:4") o.sparsity = 0.5, o.sparsity_pattern = "2:4";
+    if (recipe.prepare) recipe.prepare(s.model, s.calib, o);
+    const auto report = apply_plan(s.model, recipe.make(s.model, o), s.calib, method, false);
+    if (method == "slim-llm") {
+      int shifted = 0;
+      for (const auto& q : report.linears) {
+        shifted += q.details.at("groups_shifted").get<int>();
+        int64_t sum = 0;
+        for (const auto& g : q.weight.groups) sum += g.bits * (g.col_end - g.col_begin);
+        EXPECT_DOUBLE_EQ(q.details.at("average_bits").get<double>(), double(sum) / double(q.in_features())) << q.site;
+      }
+      EXPECT_GT(shifted, 0) << "some layer moved bits between groups";
+      // 64-wide inputs are four equal groups; 172 ends in a 12-wide group, so the average moves a little.
+      EXPECT_NEAR(report.weight_bits_codes, 2.0, 0.01);
+      EXPECT_NE(report.weight_bits_codes, 2.0) << "the true average, not the target";
+    } else {
+      for (const auto& q : report.linears) {
+        const double zeros = (dequantize(q.weight) == 0).to(torch::kDouble).mean().item<double>();
+        EXPECT_GE(zeros, 0.5) << method << " " << q.site;
+      }
+    }
+    const std::string out = dir / (method == "spinquant-2:4" ? "sp24" : method);
+    save_quantized_checkpoint(out, s.model, report, DType::F32, {});
+    const Checkpoint ck = open_checkpoint(out);
+    const auto linears = read_quantized_linears(ck);
+    std::map<std::string, const QuantizedLinear*> by_site;
+    for (const auto& q : linears) by_site[q.site] = &q;
+    for (const auto& a : report.linears) {
+      const auto& b = *by_site.at(a.site);
+      EXPECT_TRUE(torch::equal(a.weight.codes, b.weight.codes)) << method << " " << a.site;
+      EXPECT_EQ(a.weight.groups.size(), b.weight.groups.size()) << method << " " << a.site;
+      EXPECT_EQ(a.sparsity_pattern, b.sparsity_pattern);
+      EXPECT_TRUE(torch::equal(dequantize(a.weight), dequantize(b.weight))) << method << " " << a.site;
+    }
+    const Model loaded = load_any_model(ck, {});
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(torch::equal(loaded.forward(s.calib), s.model.forward(s.calib))) << method;
+  }
+}
+
 TEST(QuantizedFormat, CorruptCheckpointsAreClearErrors) {
   TOGA_REQUIRE_FILE(stories260k_path());
   ScratchDir dir;
