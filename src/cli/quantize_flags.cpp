@@ -6,7 +6,7 @@
 namespace toga::cli {
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
-  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ) | billm (1-bit) | slim-llm | resq | spinquant | obr | obr-rtn (SpinQuant front end + 50% Wanda + OBR)")->capture_default_str();
+  cmd->add_option("--method", f.method, "recipe: rtn | gptq | atom (= reorder + 12.5% INT8 salient + GPTQ, KV4) | sparsegpt (50% unstructured + GPTQ) | billm (1-bit) | slim-llm | ptq161 | resq | spinquant | obr | obr-rtn (SpinQuant front end + 50% Wanda + OBR)")->capture_default_str();
   cmd->add_option("--wbits,--low-bits", f.wbits, "weight bits of the low-precision part (1 = binarization)")->capture_default_str();
   cmd->add_option("--abits", f.abits, "activation bits (16 = weight-only)")->capture_default_str();
   cmd->add_option("--high-bits", f.high_bits, "bits of the salient channels (weights and activations)")->capture_default_str();
@@ -24,6 +24,7 @@ void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f) {
   cmd->add_flag("--binary-centered", f.binary_centered, "1-bit: binarize around the row/group mean");
   cmd->add_option("--weight-clip", f.weight_clip, "weight clip ratio")->capture_default_str();
   cmd->add_option("--act-clip", f.act_clip, "activation clip ratio")->capture_default_str();
+  cmd->add_option("--refine-epochs", f.refine_epochs, "ptq161: epochs of block-wise scale learning over the calibration windows (recipe: 20)");
   cmd->add_option("--calib", f.calib, "calibration windows")->capture_default_str();
   cmd->add_option("--calib-seqlen", f.calib_seqlen, "calibration window length (capped by context)")->capture_default_str();
   cmd->add_option("--calib-data", f.calib_data, "calibration text (WikiText-2 validation; train is not shipped)")->capture_default_str();
@@ -73,6 +74,10 @@ QuantizeOptions options_from_flags(const QuantizeFlags& f, const CLI::App& cmd) 
   if (given("--salient-counts")) o.salient_counts = read_salient_counts(f.salient_counts);
   if (given("--act-order")) o.gptq.act_order = f.act_order;
   if (given("--sparsity")) o.sparsity = f.sparsity;
+  if (given("--refine-epochs")) {
+    if (f.refine_epochs < 0) fail("--refine-epochs must be >= 0, got {}", f.refine_epochs);
+    o.refine_epochs = f.refine_epochs;
+  }
   if (given("--sparsity-pattern")) {
     if (f.sparsity_pattern != "unstructured" && f.sparsity_pattern != "2:4")
       fail("--sparsity-pattern must be unstructured or 2:4, got '{}'", f.sparsity_pattern);

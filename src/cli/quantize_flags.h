@@ -36,6 +36,7 @@ struct QuantizeFlags {
   uint64_t rotate_seed = 1;
   std::string online_transform;  // quantize: rotation methods' online transform
   int rotation_steps = 0;        // quantize: SpinQuant's training steps
+  int refine_epochs = 20;        // quantize: PTQ1.61's block-wise epochs
 };
 
 void add_quantizer_flags(CLI::App* cmd, QuantizeFlags& f);

@@ -51,8 +51,9 @@ std::string serialize_report(const QuantizationReport& report) {
         {{"site", q.site}, {"salient", q.salient}, {"gptq_loss", q.gptq_loss}, {"groups", groups}, {"details", q.details}});
     // Packed codes: what rank 0 keeps until it writes (bits/8 bytes per weight, not 1).
     const auto levels = q.weight.levels.defined() ? q.weight.levels : torch::empty({0});
+    const auto column_scales = q.weight.column_scales.defined() ? q.weight.column_scales : torch::empty({0});
     for (const auto& t : {q.packed_codes.defined() ? q.packed_codes : pack_codes(q.weight), q.weight.scales, q.weight.zeros,
-                          q.perm, levels})
+                          q.perm, levels, column_scales})
       tensors.push_back(t.to(torch::kCPU));
   }
   const nlohmann::json meta = {{"plan", plan_to_json(report.plan)}, {"linears", linears}};
@@ -83,6 +84,7 @@ QuantizationReport deserialize_report(const std::string& bytes, const std::strin
       q.weight.zeros = tensors.get(t++);
       q.perm = tensors.get(t++);
       if (const auto levels = tensors.get(t++); q.weight.has_codebook()) q.weight.levels = levels;
+      if (const auto column_scales = tensors.get(t++); column_scales.numel() > 0) q.weight.column_scales = column_scales;
       r.linears.push_back(std::move(q));
     }
     if (t != tensors.size()) fail("{} tensors for {} linears", tensors.size(), r.linears.size());

@@ -7,6 +7,7 @@
 #include "quant/calibration.h"
 #include "quant/gptq.h"
 #include "quant/obr.h"
+#include "quant/ptq161.h"
 #include "quant/slim_llm.h"
 #include "quant/transforms.h"
 #include "util/error.h"
@@ -77,9 +78,9 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
   torch::Tensor order = torch::arange(in, long_opts);
   if (p.order.defined()) {
     order = columns_of(s, source, p.order, where);
-  } else if (p.order_rule == "mean_abs") {
-    if (!st) fail_file(where, "site '{}': ordering by mean |x| needs calibration statistics", s.name);
-    order = salience_order(site_stat(st->mean_abs(), false)).to(dev);
+  } else if (p.order_rule == "mean_abs" || p.order_rule == "max_abs") {
+    if (!st) fail_file(where, "site '{}': ordering by {} needs calibration statistics", s.name, p.order_rule);
+    order = salience_order(site_stat(p.order_rule == "mean_abs" ? st->mean_abs() : st->abs_max, false)).to(dev);
   }
   // Salient channels go last, each part keeping the order's sequence.
   if (p.salient.defined()) {
@@ -131,6 +132,10 @@ QuantizedLinear quantize_site(const LinearSite& s, const torch::Tensor& source, 
     q.gptq_loss = r.gptq.loss;
     q.details = {{"group_bits", r.allocation.bits}, {"groups_shifted", r.allocation.shifted},
                  {"kl_scores", r.allocation.scores}, {"average_bits", r.average_bits}};
+  } else if (p.method == "ptq161") {
+    if (rot.defined() || p.sparsity > 0)
+      fail_file(where, "site '{}': PTQ1.61 takes no transform or sparsity", s.name);
+    q.weight = ptq161_initial(w, q.salient, p.weight_high);  // refined block by block (apply_plan)
   } else if (p.method == "obr-rtn" || p.method == "obr-gptq") {
     if (q.salient != 0) fail_file(where, "site '{}': OBR quantizes every kept weight on one grid: no salient channels", s.name);
     ObrOptions o;
@@ -246,7 +251,21 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
   } else {
     if (!calibration.defined() || calibration.dim() != 2)
       fail_file(where, "the Plan orders channels by activations or uses GPTQ: it needs calibration windows");
+    // PTQ1.61 learns each block's scales against the full-precision block, which needs the FP
+    // model's hidden states beside the quantized ones.
+    bool refine = false;
+    for (const auto& [name, sp] : plan.sites) refine = refine || sp.method == "ptq161";
+    if (refine && !shard.whole(m)) fail_file(where, "PTQ1.61's block refinement needs the whole model in one process");
+    std::vector<torch::Tensor> fp_hidden;
     for_each_block_calibrated(m, calibration, [&](BlockCalibration& calib) {
+      const int layer = calib.layer();
+      Block fp_block;
+      if (refine) {
+        fp_block = m.blocks[layer];
+        if (fp_hidden.empty())
+          for (const auto& h : calib.inputs()) fp_hidden.push_back(h.clone());
+      }
+      const size_t first_linear = report.linears.size();
       // A layer-sharded rank's clock starts when its input arrives, not while it waits for it.
       if (calib.layer() == shard.begin && shard.begin > 0)
         progress = Progress(plan.recipe, shard.end_of(m) - shard.begin, show_progress);
@@ -282,8 +301,35 @@ QuantizationReport apply_plan(Model& m, const Plan& plan_in, const torch::Tensor
         for (const auto& g : pass)
           for (auto* s : g) loss += finish_site(*s, stats ? &stats->at(s->name) : nullptr);
       }
-      progress.update(calib.layer() + 1 - shard.begin, hessian ? fmt::format("layer {} GPTQ loss {:.4g}", calib.layer(), loss)
-                                                 : fmt::format("layer {}", calib.layer()));
+      std::string refined;
+      if (refine) {
+        auto fp_outputs = [&](const std::vector<torch::Tensor>& in) {
+          std::swap(m.blocks[layer], fp_block);
+          std::vector<torch::Tensor> out;
+          try {
+            for (const auto& h : in) out.push_back(m.block_forward(layer, h, 0));
+          } catch (...) {
+            std::swap(m.blocks[layer], fp_block);
+            throw;
+          }
+          std::swap(m.blocks[layer], fp_block);
+          return out;
+        };
+        std::vector<QuantizedLinear*> sites;
+        for (size_t i = first_linear; i < report.linears.size(); ++i)
+          if (report.linears[i].method == "ptq161") sites.push_back(&report.linears[i]);
+        std::vector<torch::Tensor> fp_out = fp_outputs(fp_hidden);
+        if (!sites.empty()) {
+          Ptq161Training t;
+          t.epochs = plan.refine_epochs;
+          const auto losses = ptq161_refine_block(m, layer, sites, calib.inputs(), {fp_out, fp_outputs(calib.inputs())}, t);
+          if (!losses.empty()) refined = fmt::format(" PTQ1.61 loss {:.4g} → {:.4g}", losses.front(), losses.back());
+        }
+        fp_hidden = std::move(fp_out);
+      }
+      progress.update(calib.layer() + 1 - shard.begin,
+                      (hessian ? fmt::format("layer {} GPTQ loss {:.4g}", calib.layer(), loss)
+                               : fmt::format("layer {}", calib.layer())) + refined);
     }, shard);
   }
   compute_bit_statistics(report);
@@ -304,6 +350,7 @@ void compute_bit_statistics(QuantizationReport& r) {
       param_bits += double(rows) * (g.codebook ? 16.0 * double(1 << g.bits) : g.symmetric ? 16.0 : 32.0);
     }
     param_bits += 16.0 * double(in);  // the permutation
+    if (q.weight.column_scales.defined()) param_bits += 16.0 * double(in);
     const double hi = q.act_high.quantized() ? q.act_high.bits : 16, lo = q.act_low.quantized() ? q.act_low.bits : 16;
     act_in += double(in);
     act_bits += double(q.salient) * (q.salient > 0 ? hi : 0) + double(in - q.salient) * lo;

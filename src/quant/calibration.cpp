@@ -56,9 +56,11 @@ StatisticsCollector::StatisticsCollector(std::vector<std::vector<LinearSite*>> g
       auto& st = (*stats)[site.name];
       if (!st.abs_sum.defined()) {
         st.abs_sum = torch::zeros({x2.size(1)}, x2.options().dtype(torch::kFloat64));
+        st.abs_max = torch::zeros({x2.size(1)}, x2.options().dtype(torch::kFloat64));
         if (hess) st.xtx = torch::zeros({x2.size(1), x2.size(1)}, x2.options().dtype(torch::kFloat64));
       }
       st.abs_sum += x2.abs().sum(0).to(torch::kFloat64);
+      st.abs_max = torch::maximum(st.abs_max, x2.abs().amax(0).to(torch::kFloat64));
       if (hess) st.xtx += torch::matmul(x2.t(), x2).to(torch::kFloat64);
       if (sample_stride > 0) {
         // Rows rows, rows + stride, ... of the whole stream, whatever the batch boundaries.

@@ -19,6 +19,7 @@ torch::Tensor sample_calibration_windows(const std::vector<int>& tokens, int n, 
 
 struct SiteStatistics {
   torch::Tensor abs_sum;  // [in] float64, sum of |x| per channel
+  torch::Tensor abs_max;  // [in] float64, max |x| per channel (PTQ1.61's salience)
   torch::Tensor xtx;      // [in, in] float64, sum of x x^T (undefined when not requested)
   // [k, in] float32: every `sample_stride`-th input row, for methods that score a layer's outputs
   // (SliM-LLM's KL); undefined when not requested.

@@ -64,6 +64,7 @@ class DequantizedSource : public TensorSource {
       const auto dot = t.name.rfind('.');
       const std::string leaf = dot == std::string::npos ? t.name : t.name.substr(dot + 1);
       if (leaf == "weight_packed" || leaf == "weight_scale" || leaf == "weight_zero_point" || leaf == "weight_levels" ||
+          leaf == "weight_column_scale" ||
           leaf == "input_perm")
         continue;
       out.push_back(t);
@@ -236,6 +237,8 @@ LinearStorage save_quantized_checkpoint(const std::string& dir, const Model& mod
           &linear_bytes.params);
     }
     if (q.weight.has_codebook()) add(stem + ".weight_levels", q.weight.levels.to(torch::kFloat16), &linear_bytes.params);
+    if (q.weight.column_scales.defined())
+      add(stem + ".weight_column_scale", q.weight.column_scales.to(torch::kFloat16), &linear_bytes.params);
     add(stem + ".input_perm", q.perm.to(torch::kInt32), &linear_bytes.indices);
     layers[stem] = {{"salient", q.salient},
                     {"method", q.method},
@@ -342,6 +345,12 @@ std::vector<QuantizedLinear> read_quantized_linears(const Checkpoint& ck) {
       for (const auto& g : q.weight.groups) entries += g.codebook ? int64_t(1) << g.bits : 0;
       q.weight.levels = read_stored(src, stem + ".weight_levels", DType::F16, {rows, entries}, torch::kFloat16).to(torch::kFloat32);
       if (!torch::isfinite(q.weight.levels).all().item<bool>()) fail_file(file, "layer '{}': non-finite codebook levels", stem);
+    }
+    if (src.has(stem + ".weight_column_scale")) {
+      q.weight.column_scales =
+          read_stored(src, stem + ".weight_column_scale", DType::F16, {in}, torch::kFloat16).to(torch::kFloat32);
+      if (!torch::isfinite(q.weight.column_scales).all().item<bool>())
+        fail_file(file, "layer '{}': non-finite column scales", stem);
     }
     if (!torch::isfinite(q.weight.scales).all().item<bool>() || !torch::isfinite(q.weight.zeros).all().item<bool>())
       fail_file(file, "layer '{}': non-finite scales or zero points", stem);

@@ -50,6 +50,7 @@ std::shared_ptr<const LinearKernel> make_packed_kernel(const QuantizedLinear& q,
   if (site.custom_input || site.custom_weight || site.custom_output) return no("the site has custom functions");
   if (site.weight.device() != torch::kCPU) return no("the packed kernels run on the CPU");
   if (q.weight.has_codebook()) return no("codebook (BiLLM) columns run on the dense kernel");
+  if (q.weight.column_scales.defined()) return no("column scales (PTQ1.61) run on the dense kernel");
   const int64_t in = q.weight.codes.size(1);
   const bool weight_only = !q.act_low.quantized() && (q.salient == 0 || !q.act_high.quantized());
   if (weight_only) {

@@ -54,7 +54,7 @@ void transform_from_json(const nlohmann::json& t, SiteScheme& s, const std::stri
 }
 
 const std::vector<std::string>& weight_methods() {
-  static const std::vector<std::string> methods = {"rtn", "gptq", "billm", "slim-llm", "obr-rtn", "obr-gptq"};
+  static const std::vector<std::string> methods = {"rtn", "gptq", "billm", "slim-llm", "obr-rtn", "obr-gptq", "ptq161"};
   return methods;
 }
 
@@ -110,8 +110,8 @@ SitePlan site_from_json(const nlohmann::json& j, const std::string& where, const
     const auto& o = j["order"];
     if (o.is_string()) {
       s.order_rule = o.get<std::string>();
-      if (s.order_rule != "mean_abs" && s.order_rule != "none")
-        fail_file(where, "{}: order '{}' is not a list or a known rule (mean_abs, none)", what, s.order_rule);
+      if (s.order_rule != "mean_abs" && s.order_rule != "max_abs" && s.order_rule != "none")
+        fail_file(where, "{}: order '{}' is not a list or a known rule (mean_abs, max_abs, none)", what, s.order_rule);
       if (s.order_rule == "none") s.order_rule.clear();
     } else {
       s.order = index_from_json(o, where, what + " order");
@@ -265,12 +265,13 @@ nlohmann::json plan_to_json(const Plan& plan) {
                       {"sites", sites},
                       {"provenance", plan.provenance}};
   if (plan.default_site) j["default"] = site_to_json(*plan.default_site);
+  if (plan.refine_epochs != Plan{}.refine_epochs) j["refine_epochs"] = plan.refine_epochs;
   return j;
 }
 
 Plan plan_from_json(const nlohmann::json& j, const std::string& where) {
   static const std::set<std::string> keys = {"toga_plan", "recipe", "kv", "gptq", "blocks", "sites", "default",
-                                             "provenance"};
+                                             "provenance", "refine_epochs"};
   if (!j.is_object()) fail_file(where, "a Plan must be a JSON object");
   for (const auto& [k, v] : j.items())
     if (!keys.count(k)) fail_file(where, "unknown key '{}' in the Plan", k);
@@ -288,6 +289,11 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& where) {
       if (!(p.gptq.damp >= 0) || p.gptq.block_size <= 0) fail_file(where, "gptq: damp must be >= 0 and block_size > 0");
     }
     if (j.contains("provenance")) p.provenance = j["provenance"];
+    if (j.contains("refine_epochs")) {
+      if (!j["refine_epochs"].is_number_integer() || j["refine_epochs"].get<int>() < 0)
+        fail_file(where, "refine_epochs must be a non-negative integer");
+      p.refine_epochs = j["refine_epochs"].get<int>();
+    }
   } catch (const nlohmann::json::exception& e) {
     fail_file(where, "malformed Plan: {}", e.what());
   }

@@ -39,7 +39,7 @@ struct SiteScheme {
 };
 
 // The weight quantizers a site can name: rtn, gptq (SparseGPT with a sparsity), billm, slim-llm,
-// obr-rtn, obr-gptq; and whether one prunes (takes a sparsity).
+// obr-rtn, obr-gptq, ptq161; and whether one prunes (takes a sparsity).
 const std::vector<std::string>& weight_methods();
 bool is_weight_method(const std::string& m);
 bool method_prunes(const std::string& m);
@@ -56,15 +56,15 @@ struct SitePlan : SiteScheme {
   // from calibration statistics at apply time ("mean_abs": ascending mean |x|, Atom's order), or
   // neither (keep the current order).
   torch::Tensor order;  // int64, source numbering
-  std::string order_rule;  // "" | "mean_abs"
+  std::string order_rule;  // "" | "mean_abs" | "max_abs" (ascending max |x|: PTQ1.61's salience)
   // Which channels stay at high precision: an explicit set (source numbering) or the last
   // `salient_count` channels of the order (count < 0: round(salient_fraction * in)).
   torch::Tensor salient;  // int64, or undefined
   int64_t salient_count = -1;
   double salient_fraction = 0.0;
 
-  bool needs_statistics() const { return order_rule == "mean_abs" || needs_hessian(); }
-  bool needs_hessian() const { return method != "rtn"; }
+  bool needs_statistics() const { return !order_rule.empty() || needs_hessian() || method == "ptq161"; }
+  bool needs_hessian() const { return method != "rtn" && method != "ptq161"; }
   bool needs_samples() const { return method == "slim-llm"; }
 };
 
@@ -82,6 +82,7 @@ struct Plan {
   std::map<int, BlockPruning> blocks;        // structured pruning, applied before quantization
   QuantSpec kv{16};                          // KV cache (per token and head), bits 16 = none
   GptqSettings gptq;
+  int refine_epochs = 20;  // block-wise refinement of learned scales (PTQ1.61): epochs over the windows
   nlohmann::json provenance = nlohmann::json::object();  // free-form: options, search run, ...
 
   bool needs_calibration() const;

@@ -284,6 +284,7 @@ Tensor dequantize(const QuantizedWeight& qw) {
     w.narrow(1, g.col_begin, width).copy_(qw.levels.narrow(1, offset, n).to(w.scalar_type()).gather(1, codes));
     offset += n;
   }
+  if (qw.column_scales.defined()) w = w * qw.column_scales.to(w.scalar_type()).unsqueeze(0);
   return w;
 }
 

@@ -69,6 +69,9 @@ struct QuantizedWeight {
   // offset of the group + code]); undefined without codebook groups. Their scales and zeros are
   // unused (1 and 0) and not stored.
   torch::Tensor levels;
+  // [in], the scales' dtype: a factor per stored column on top of the row's grid (PTQ1.61's learned
+  // column scale r₂); undefined = 1.
+  torch::Tensor column_scales;
 
   bool has_codebook() const;
 };

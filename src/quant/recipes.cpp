@@ -25,6 +25,7 @@ nlohmann::json QuantizeOptions::to_json() const {
           {"reorder", reorder},
           {"online_transform", online_transform},
           {"rotation_steps", rotation_steps},
+          {"refine_epochs", refine_epochs},
           {"sparsity", sparsity},
           {"sparsity_pattern", sparsity_pattern},
           {"damp", gptq.damp},
@@ -54,6 +55,7 @@ Plan plan_shell(const QuantizeOptions& o, const std::string& recipe) {
   p.recipe = recipe;
   p.kv = o.kv;
   p.gptq = o.gptq;
+  p.refine_epochs = o.refine_epochs;
   p.provenance = {{"options", o.to_json()}};
   return p;
 }
@@ -145,6 +147,36 @@ Plan obr_plan(const Model& m, const QuantizeOptions& o) {
   return p;
 }
 
+// PTQ1.61 (BASELINES.md §6) without its LoRA preprocessing: 20 % of the input channels (largest max
+// |x|) at 4 bits asymmetric, the rest binarized with learned α, r₁, r₂ (quant/ptq161.h), weight-only.
+QuantizeOptions ptq161_defaults() {
+  QuantizeOptions o;
+  o.method = "ptq161";
+  o.weight_low = {1, false, 0};
+  o.weight_low.binary_centered = true;
+  o.weight_high = {4, false, 0};
+  o.salient_fraction = 0.2;
+  o.reorder = true;
+  return o;
+}
+
+void ptq161_check(const QuantizeOptions& o) {
+  if (o.weight_low.bits != 1 || o.act_low.quantized() || o.sparsity > 0 || !o.reorder)
+    fail("--method ptq161 is PTQ1.61's weight-only 1-bit scheme with salient channels by max |x|: it takes "
+         "--salient-frac, --high-bits and --refine-epochs, no --wbits, --abits, sparsity or --no-reorder");
+  if (!(o.salient_fraction >= 0 && o.salient_fraction < 1))
+    fail("--method ptq161: the salient fraction must be in [0, 1), got {}", o.salient_fraction);
+}
+
+Plan ptq161_plan(const Model& m, const QuantizeOptions& o) {
+  ptq161_check(o);
+  Plan p = uniform_plan(m, o, "ptq161");
+  for (auto& [name, sp] : p.sites) sp.order_rule = "max_abs";
+  p.provenance["deviations"] = "no LoRA preprocessing (its corpus is not here); salience from the calibration windows "
+                               "as the already-quantized blocks pass them on";
+  return p;
+}
+
 struct Registry {
   std::mutex mutex;
   std::map<std::string, Recipe> recipes;
@@ -188,6 +220,10 @@ struct Registry {
                       [] { return obr_defaults("obr-gptq"); }, obr_plan, spinquant_prepare, obr_check};
     recipes["obr-rtn"] = {"obr-rtn", "OBR-RTN: as obr, with round to nearest after the compensation",
                           [] { return obr_defaults("obr-rtn"); }, obr_plan, spinquant_prepare, obr_check};
+    recipes["ptq161"] = {"ptq161",
+                         "PTQ1.61 without LoRA preprocessing: 20% channels (max |x|) at INT4, the rest binarized with "
+                         "learned row/column scales, block-wise MSE − log cos against the FP block",
+                         ptq161_defaults, ptq161_plan, nullptr, ptq161_check};
     recipes["resq"] = {"resq",
                        "ResQ: PCA bases folded into the weights (top-variance 1/8 at INT8, the rest INT4, W and A), online "
                        "Hadamard on down_proj, GPTQ, KV4",

@@ -31,6 +31,7 @@ struct QuantizeOptions {
   // Rotation methods' online transforms (ResQ's down_proj input): "hadamard" (refused at a width
   // quant/hadamard.h cannot build) or "rotation" (random orthogonal, any width).
   std::string online_transform = "hadamard";
+  int refine_epochs = 20;  // block-wise refinement of learned scales (PTQ1.61)
   int rotation_steps = 0;  // learned rotations (SpinQuant): training steps, 0 = one per calibration window
   GptqSettings gptq;
   bool progress = true;

@@ -217,19 +217,21 @@ TEST(QuantizedFormat, BillmCodebookCheckpointRoundTripsBitExactly) {
   }()), Error);
 }
 
-// SliM-LLM's per-group widths (groups of 16: four per 64-wide input, eleven per 172-wide one) and
-// OBR's pruned 4-bit codes on SpinQuant's rotated front end (and SparseGPT 2:4 there) load back to
-// the same model: the checkpoint lists groups whose widths the specs do not give.
-TEST(QuantizedFormat, SlimLlmObrAndTwoFourCheckpointsRoundTripBitExactly) {
+// SliM-LLM's per-group widths (groups of 16: four per 64-wide input, eleven per 172-wide one),
+// OBR's pruned 4-bit codes on SpinQuant's rotated front end (and SparseGPT 2:4 there) and PTQ1.61's
+// column scales load back to the same model: the checkpoint lists groups whose widths the specs do
+// not give.
+TEST(QuantizedFormat, SlimLlmObrTwoFourAndPtq161CheckpointsRoundTripBitExactly) {
   TOGA_REQUIRE_FILE(stories260k_path());
   ScratchDir dir;
-  for (const std::string method : {"slim-llm", "obr", "obr-rtn", "spinquant-2:4"}) {
+  for (const std::string method : {"slim-llm", "obr", "obr-rtn", "spinquant-2:4", "ptq161"}) {
     auto s = load_stories(4, 128);
     const std::string recipe_name = method == "spinquant-2:4" ? "spinquant" : method;
     const Recipe& recipe = find_recipe(recipe_name);
     QuantizeOptions o = recipe.defaults();
     o.progress = false;
     o.rotation_steps = 2;
+    o.refine_epochs = 1;
     o.online_transform = "rotation";  // 172 has no Hadamard construction
     if (method == "slim-llm") o.weight_low.group_size = 16;
     if (method == "spinquant-2:4") o.sparsity = 0.5, o.sparsity_pattern = "2:4";
@@ -247,6 +249,8 @@ TEST(QuantizedFormat, SlimLlmObrAndTwoFourCheckpointsRoundTripBitExactly) {
       // 64-wide inputs are four equal groups; 172 ends in a 12-wide group, so the average moves a little.
       EXPECT_NEAR(report.weight_bits_codes, 2.0, 0.01);
       EXPECT_NE(report.weight_bits_codes, 2.0) << "the true average, not the target";
+    } else if (method == "ptq161") {
+      for (const auto& q : report.linears) EXPECT_TRUE(q.weight.column_scales.defined()) << q.site;
     } else {
       for (const auto& q : report.linears) {
         const double zeros = (dequantize(q.weight) == 0).to(torch::kDouble).mean().item<double>();
@@ -264,6 +268,7 @@ TEST(QuantizedFormat, SlimLlmObrAndTwoFourCheckpointsRoundTripBitExactly) {
       EXPECT_TRUE(torch::equal(a.weight.codes, b.weight.codes)) << method << " " << a.site;
       EXPECT_EQ(a.weight.groups.size(), b.weight.groups.size()) << method << " " << a.site;
       EXPECT_EQ(a.sparsity_pattern, b.sparsity_pattern);
+      EXPECT_EQ(a.weight.column_scales.defined(), b.weight.column_scales.defined());
       EXPECT_TRUE(torch::equal(dequantize(a.weight), dequantize(b.weight))) << method << " " << a.site;
     }
     const Model loaded = load_any_model(ck, {});
