@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The other baselines on SmolLM2 at equal settings (issue 21): weight-only ultra-low bits (SliM-LLM
 and GPTQ at 2 and 3 bits, BiLLM, PTQ1.61) and W4A4KV4 with 50 % sparsity on SpinQuant's front end
-(OBR-GPTQ, OBR-RTN, SparseGPT+GPTQ, unstructured and 2:4). One calibration, one evaluation protocol
+(OBR-GPTQ, OBR-RTN, SparseGPT+GPTQ, unstructured and 2:4), and the rotation rows of tables (b) and
+(c) (SpinQuant, Atom-style and ResQ at W(3.2)A(3.2) and W4A4KV4). TOGA-q's rows come from
+scripts/togaq_results.py. One calibration, one evaluation protocol
 for every row (results_common.SEARCH_MODELS["smollm2"]: 16 x 2048 calibration tokens, WikiText-2
 perplexity over the first 32 windows of 2048, KLD and top-1 agreement against the FP model over the
 first 4), `toga quantize`'s wall time, and the realized bits with every stored parameter counted.
@@ -29,7 +31,14 @@ ROWS = [
     ("slim_w2", "a", "SliM-LLM W2 g128", ["--method", "slim-llm", "--wbits", "2"]),
     ("billm", "a", "BiLLM", ["--method", "billm"]),
     ("ptq161", "a", "PTQ1.61 W(1.6)A16, without its LoRA preprocessing", ["--method", "ptq161"]),
-    ("spinquant_w4a4", "d", "SpinQuant W4A4KV4 (dense)", ["--method", "spinquant"]),
+    # (b) weight-activation ultra-low: INT3 with 4 % of the channels at INT8 = W(3.2)A(3.2).
+    ("spinquant_w3a3", "b", "SpinQuant W3A3KV4", ["--method", "spinquant", "--wbits", "3", "--abits", "3"]),
+    ("atom_w3a3", "b", "Atom-style W(3.2)A(3.2)", ["--method", "atom", "--wbits", "3", "--abits", "3", "--salient-frac", "0.04"]),
+    ("resq_w3a3", "b", "ResQ W(3.2)A(3.2)", ["--method", "resq", "--wbits", "3", "--abits", "3", "--salient-frac", "0.04"]),
+    # (c) INT4 + INT8 with KV4 (the recipes' defaults).
+    ("spinquant_w4a4", "c", "SpinQuant W4A4KV4", ["--method", "spinquant"]),
+    ("atom_w4a4", "c", "Atom-style W4A4KV4, 12.5% INT8", ["--method", "atom"]),
+    ("resq_w4a4", "c", "ResQ W4A4KV4, 12.5% INT8", ["--method", "resq"]),
     ("sparsegpt_spin", "d", "SparseGPT+GPTQ 50% (SpinQuant front end)", ["--method", "spinquant", "--sparsity", "0.5"]),
     ("obr_rtn", "d", "OBR-RTN 50%", ["--method", "obr-rtn"]),
     ("obr_gptq", "d", "OBR-GPTQ 50%", ["--method", "obr"]),
@@ -39,8 +48,8 @@ ROWS = [
 ]
 
 # (better, worse): the published orderings this table checks.
-ORDERINGS = [("slim_w2", "gptq_w2"), ("slim_w3", "gptq_w3"), ("billm", "gptq_w2"), ("obr_gptq", "sparsegpt_spin"),
-             ("obr_gptq_24", "sparsegpt_spin_24")]
+ORDERINGS = [("slim_w2", "gptq_w2"), ("slim_w3", "gptq_w3"), ("billm", "gptq_w2"), ("resq_w3a3", "atom_w3a3"),
+             ("obr_gptq", "sparsegpt_spin"), ("obr_gptq_24", "sparsegpt_spin_24")]
 
 
 def measure(args):
@@ -109,7 +118,8 @@ def report(args):
              "zero points, codebook levels, column scales, permutations); sparse rows store their zeros as codes "
              "(a sparse format would store about half the codes plus a mask). JSON: "
              "docs/results/baselines_smollm2.json.", ""]
-    for table, title in (("a", "(a) weight-only, ultra-low bits"), ("d", "(d) W4A4KV4 + 50% sparsity, SpinQuant front end")):
+    for table, title in (("a", "(a) weight-only, ultra-low bits"), ("b", "(b) weight-activation, ultra-low bits"),
+                         ("c", "(c) INT4 + INT8 with KV4"), ("d", "(d) W4A4KV4 + 50% sparsity, SpinQuant front end")):
         lines += [f"**{title}**", "", "| method | scheme | weight bits (codes / total) | act bits | WikiText-2 ppl | "
                   "mean KLD | top-1 agree % | quantize time |", "|---|---|---|---|---|---|---|---|"]
         for name, t, label, _ in ROWS:

@@ -108,10 +108,10 @@ SlimLlmResult slim_llm_quantize(const Tensor& w, const Tensor& h, const Tensor& 
   torch::NoGradGuard no_grad;
   Tensor H = h.to(torch::kDouble).clone();
   H.diagonal().add_(0.01);  // SliM-LLM's absolute damping, before GPTQ's relative one
-  SlimLlmResult r;
-  r.allocation = slim_allocate_bits(w, slim_group_salience(w, H, base.group_size), x, base);
   QuantSpec low = base;
-  low.binary_centered = true;  // a 1-bit group is μ ± α
+  low.binary_centered = true;  // a 1-bit group is μ ± α, in the allocation's RTN and in GPTQ
+  SlimLlmResult r;
+  r.allocation = slim_allocate_bits(w, slim_group_salience(w, H, base.group_size), x, low);
   o.low = low;
   o.high = low;
   o.k_salient = 0;

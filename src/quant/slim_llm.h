@@ -22,7 +22,7 @@ namespace toga {
 torch::Tensor slim_group_salience(const torch::Tensor& w, const torch::Tensor& h, int64_t group_size);
 
 // W at per-group widths by round to nearest: per row, `base` at bits[g] on group g (1 bit:
-// binarization μ ± α).
+// binarization, μ ± α when base.binary_centered).
 torch::Tensor slim_rtn(const torch::Tensor& w, const std::vector<int>& bits, const QuantSpec& base);
 
 // The mean over the rows of x of KL(softmax(x Ŵᵀ) ‖ softmax(x Wᵀ)) over the output dimension.

@@ -132,7 +132,23 @@ TEST(SlimLlm, GptqStoresTheAllocatedWidthsAndBeatsRtnAtThem) {
     EXPECT_LE(codes.max().item<int>(), code_max(s));
   }
   EXPECT_DOUBLE_EQ(r.average_bits, bits / double(in));
-  const Tensor q = dequantize(r.gptq.weight).to(torch::kFloat64), rtn = slim_rtn(w, r.allocation.bits, base);
+  // The allocation scored 1-bit groups as μ ± α (centered), as GPTQ then stores them.
+  QuantSpec centered = base;
+  centered.binary_centered = true;
+  ASSERT_FALSE(r.allocation.scores.empty());
+  std::vector<int> first(5, 2);
+  const Tensor sal = slim_group_salience(w, [&] {
+    Tensor Ha = H.clone();
+    Ha.diagonal().add_(0.01);
+    return Ha;
+  }(), 16);
+  const Tensor ranked = std::get<1>(sal.sort());
+  first[size_t(ranked[0].item<int64_t>())] = 1;
+  first[size_t(ranked[4].item<int64_t>())] = 3;
+  EXPECT_NEAR(r.allocation.scores[0], output_kl(x.narrow(0, 0, 128), slim_rtn(w, first, centered), w), 1e-12);
+  for (size_t g = 0; g < 5; ++g)
+    if (r.gptq.weight.groups[g].bits == 1) EXPECT_FALSE(r.gptq.weight.groups[g].symmetric) << "centered binarization";
+  const Tensor q = dequantize(r.gptq.weight).to(torch::kFloat64), rtn = slim_rtn(w, r.allocation.bits, centered);
   Tensor Hd = H.clone();
   Hd.diagonal().add_(0.01);
   auto loss = [&](const Tensor& wq) { return torch::trace((w - wq).matmul(Hd).matmul((w - wq).t())).item<double>(); };
