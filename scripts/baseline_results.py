@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from results_common import ROOT, SEARCH_MODELS, load, run, write_section
+from results_common import ROOT, SEARCH_MODELS, load, pyplot, run, write_section
 
 SPEC = SEARCH_MODELS["smollm2"]
 W4A4KV4_SPARSE = []  # the obr / spinquant recipes' defaults are W4 per channel (w_clip), A4 per token, KV4
@@ -30,7 +30,8 @@ ROWS = [
     ("gptq_w2", "a", "GPTQ W2 g128 (asym)", ["--method", "gptq", "--wbits", "2", "--group-size", "128", "--asym"]),
     ("slim_w2", "a", "SliM-LLM W2 g128", ["--method", "slim-llm", "--wbits", "2"]),
     ("billm", "a", "BiLLM", ["--method", "billm"]),
-    ("ptq161", "a", "PTQ1.61 W(1.6)A16, without its LoRA preprocessing", ["--method", "ptq161"]),
+    ("ptq161", "a", "PTQ1.61 W(1.6)A16, no LoRA preprocessing, 2 refinement epochs (recipe: 20)",
+     ["--method", "ptq161", "--refine-epochs", "2"]),
     # (b) weight-activation ultra-low: INT3 with 4 % of the channels at INT8 = W(3.2)A(3.2).
     ("spinquant_w3a3", "b", "SpinQuant W3A3KV4", ["--method", "spinquant", "--wbits", "3", "--abits", "3"]),
     ("atom_w3a3", "b", "Atom-style W(3.2)A(3.2)", ["--method", "atom", "--wbits", "3", "--abits", "3", "--salient-frac", "0.04"]),
@@ -92,6 +93,29 @@ def collect(work):
     return rows
 
 
+def plot(rows, path):
+    """Mean KLD against the bits a checkpoint stores per weight (every parameter counted), one
+    marker per table: where each method sits on the size / fidelity plane."""
+    plt = pyplot()
+    if plt is None or not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    markers = {"a": "o", "b": "s", "c": "^", "d": "x"}
+    for name, r in rows.items():
+        ax.scatter(r["weight_bits_total"], r["kld_mean"], marker=markers[r["table"]])
+        ax.annotate(r["label"].split(",")[0], (r["weight_bits_total"], r["kld_mean"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 2))
+    ax.set_yscale("log")
+    ax.set_xlabel("stored bits per weight (codes + every parameter)")
+    ax.set_ylabel("mean KLD to the FP model (log)")
+    ax.set_title("SmolLM2-135M: baselines on one engine (o weight-only, s/^ W-A, x sparse)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
+    return True
+
+
 def report(args):
     rows = collect(args.work)
     fp = os.path.join(ROOT, "docs/results/smollm2_wikitext2_ppl_full.json")
@@ -141,6 +165,9 @@ def report(args):
                          f"(ppl {rows[o['better']]['ppl']:.2f} vs {rows[o['worse']]['ppl']:.2f}, KLD "
                          f"{rows[o['better']]['kld_mean']:.4f} vs {rows[o['worse']]['kld_mean']:.4f})")
         lines.append("")
+    if plot(rows, os.path.join(ROOT, "docs/results/baselines_smollm2.png")):
+        lines.insert(-1, "![KLD against stored bits](results/baselines_smollm2.png)")
+        lines.insert(-1, "")
     lines.append(end)
     write_section(os.path.join(ROOT, "docs/RESULTS.md"), begin, end, lines)
     print(f"wrote {path} and docs/RESULTS.md ({len(rows)} rows)")
